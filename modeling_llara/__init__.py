@@ -1,0 +1,28 @@
+"""LLaRA model code. ``configuration_llara``, ``modeling_llara`` and ``sentence_llara`` ship to the Hub.
+
+Importing this package registers the classes for the Auto API, so ``save_pretrained`` writes
+``auto_map`` and copies the shipped files next to the weights.
+"""
+
+from .configuration_llara import LlaraConfig
+from .modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel, LlaraPreTrainedModel, encode
+
+LlaraConfig.register_for_auto_class()
+LlaraModel.register_for_auto_class("AutoModel")
+LlaraForPretraining.register_for_auto_class("AutoModelForPreTraining")
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_llara.LlaraConfig",
+    "AutoModel": "modeling_llara.LlaraModel",
+    "AutoModelForPreTraining": "modeling_llara.LlaraForPretraining",
+}
+
+__all__ = [
+    "AUTO_MAP",
+    "LlaraConfig",
+    "LlaraForPretraining",
+    "LlaraInputBuilder",
+    "LlaraModel",
+    "LlaraPreTrainedModel",
+    "encode",
+]

@@ -1,0 +1,167 @@
+"""sentence-transformers input module for LLaRA models.
+
+``SentenceTransformer(path, trust_remote_code=True)`` loads this module from the model folder's root:
+
+* ``encode_query`` passes ``task="query"`` and gets the query suffix (``predict`` in the released models);
+* ``encode_document`` and plain ``encode`` get the passage suffix (``summarize``);
+* a prompt, if given, is put in front of the text inside the LLaRA template, and long texts are cut
+  in the text part only, so the suffix with its pooled special tokens is never lost (stock prompts are
+  prefix-only and truncate from the right, which would drop it).
+
+This file ships to the Hub with the model: it imports torch, transformers, the standard library, its
+sibling files, and sentence-transformers inside ``try:`` (it is only ever imported by sentence-transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from .configuration_llara import LlaraConfig
+from .modeling_llara import LlaraInputBuilder, LlaraModel
+
+try:
+    from sentence_transformers.base.modules.input_module import InputModule
+except ImportError:  # only sentence-transformers imports this file; keep transformers' import check happy
+    InputModule = torch.nn.Module
+
+MODULE_CLASS_REF = "sentence_llara.LlaraSentenceEncoder"
+MODULE_CONFIG_FILE = "sentence_llara_config.json"
+SHIPPED_FILES = ("sentence_llara.py", "modeling_llara.py", "configuration_llara.py")
+
+
+class LlaraSentenceEncoder(InputModule):
+    """Tokenizes with the LLaRA template and returns the pooled embedding as ``sentence_embedding``."""
+
+    config_file_name = MODULE_CONFIG_FILE
+    config_keys = ["max_text_tokens"]
+    save_in_root = True
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        max_text_tokens: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        model: LlaraModel | None = None,
+        tokenizer=None,
+    ):
+        super().__init__()
+        self.auto_model = model if model is not None else LlaraModel.from_pretrained(
+            model_name_or_path, **(model_kwargs or {})
+        )
+        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(
+            model_name_or_path, **(processor_kwargs or {})
+        )
+        self.builder = LlaraInputBuilder(self.tokenizer, self.auto_model.config)
+        self.max_text_tokens = max_text_tokens if max_text_tokens is not None else self.auto_model.config.max_text_tokens
+        # sentence-transformers reads ``max_seq_length``; here it bounds the text tokens (prompt excluded).
+        self.max_seq_length = self.max_text_tokens
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
+        **kwargs,
+    ) -> "LlaraSentenceEncoder":
+        config = cls.load_config(
+            model_name_or_path,
+            subfolder=subfolder,
+            token=token,
+            cache_folder=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+        hub_kwargs = {"token": token, "cache_dir": cache_folder, "revision": revision, "local_files_only": local_files_only}
+        hub_kwargs = {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
+        # The folder's config.json names custom classes (auto_map); the tokenizer loader reads it too.
+        hub_kwargs["trust_remote_code"] = trust_remote_code
+        return cls(
+            model_name_or_path,
+            max_text_tokens=config.get("max_text_tokens"),
+            model_kwargs={**hub_kwargs, **(model_kwargs or {})},
+            processor_kwargs={**hub_kwargs, **(processor_kwargs or {})},
+        )
+
+    def preprocess(self, inputs, prompt: str | None = None, task: str | None = None, **kwargs) -> dict[str, Any]:
+        texts = self.builder.check_texts(inputs)
+        if prompt:
+            texts = [prompt + text for text in texts]
+        budget = self.max_seq_length if self.max_seq_length is not None else self.max_text_tokens
+        return self.builder(texts, task=task, max_text_tokens=budget)
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        features["token_embeddings"] = outputs.last_hidden_state
+        features["sentence_embedding"] = outputs.pooler_output
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.auto_model.config.get_text_config().hidden_size
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.get_embedding_dimension()
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.tokenizer.save_pretrained(output_path)
+        write_sentence_transformers_files(output_path, max_text_tokens=self.max_text_tokens)
+
+
+def write_sentence_transformers_files(output_path: str, max_text_tokens: int | None = None) -> None:
+    """Make a saved LLaRA model folder loadable by ``SentenceTransformer(path, trust_remote_code=True)``.
+
+    Writes ``modules.json`` (one root module: this file's class), the module config,
+    ``config_sentence_transformers.json`` and copies the shipped code files next to the weights.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in SHIPPED_FILES:
+        src, dst = os.path.join(here, name), os.path.join(output_path, name)
+        if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(src, dst)
+    if max_text_tokens is None:
+        with open(os.path.join(output_path, "config.json"), encoding="utf8") as handle:
+            max_text_tokens = LlaraConfig.from_dict(json.load(handle)).max_text_tokens
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": MODULE_CLASS_REF}],
+        MODULE_CONFIG_FILE: {"max_text_tokens": max_text_tokens},
+        "config_sentence_transformers.json": {
+            "model_type": "SentenceTransformer",
+            # The LLaRA template is applied inside the module: prompts stay empty so that nothing is
+            # prepended outside the quotes of the template.
+            "prompts": {"query": "", "document": ""},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+    try:
+        import sentence_transformers
+        import transformers
+
+        files["config_sentence_transformers.json"]["__version__"] = {
+            "sentence_transformers": sentence_transformers.__version__,
+            "transformers": transformers.__version__,
+            "pytorch": torch.__version__,
+        }
+    except ImportError:
+        pass
+    for name, content in files.items():
+        with open(os.path.join(output_path, name), "w", encoding="utf8") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+
+
+__all__ = ["LlaraSentenceEncoder", "write_sentence_transformers_files"]

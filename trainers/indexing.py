@@ -1,0 +1,708 @@
+"""Encode a corpus in resumable shards and build, save, load and search FAISS indexes.
+
+An index directory holds::
+
+    index.faiss     the FAISS index (inner product over L2-normalized embeddings = cosine)
+    ids.json        the corpus id of each row, in row order
+    meta.json       what built it, the index parameters, and the size of each file;
+                    written last, so a directory without it is an unfinished build
+    embeddings/     optional: the float32 embedding shards (``--keep-embeddings``)
+
+The directory is assembled under a hidden staging name and renamed into place, so readers see either
+no index or a complete one. Encoding writes one ``.npy`` shard at a time into ``<out>.partial/``
+(each shard atomically); a rerun after an interruption reuses the finished shards, provided the
+corpus, model and shard size are the same (checked with a fingerprint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import faiss
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.json"
+META_FILE = "meta.json"
+EMBEDDINGS_DIR = "embeddings"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "sq4", "sqfp16")
+
+# A list of texts in, a float32 (len(texts), dim) array of L2-normalized embeddings out.
+EncodeFn = Callable[[list[str]], np.ndarray]
+
+
+class IncompleteIndexError(RuntimeError):
+    """An index directory is missing, half-written or inconsistent."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic file writes
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """``atomic_write_bytes`` for an indented JSON document."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders
+
+
+def is_llara_model(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether a local folder holds a LLaRA model (its config.json says ``"model_type": "llara"``)."""
+    config = Path(name_or_path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "llara"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_encoder(name_or_path: str, *, device: str | None = None) -> SentenceTransformer:
+    """Load any encoder as a sentence-transformers model.
+
+    LLaRA folders get ``trust_remote_code=True`` (their pooling lives in the folder's own code);
+    other sentence-transformers models load as they are.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(name_or_path)
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"model path is a file, expected a model folder: {path}")
+    trust = is_llara_model(path)
+    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust)
+
+
+def document_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
+    """Passage side: ``encode_document`` (the LLaRA summarize suffix is applied inside the model)."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(
+            model.encode_document(
+                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            ),
+            dtype=np.float32,
+        )
+
+    return encode
+
+
+def query_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
+    """Query side: ``encode_query`` (the LLaRA predict suffix is applied inside the model)."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(
+            model.encode_query(
+                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            ),
+            dtype=np.float32,
+        )
+
+    return encode
+
+
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Positions of ``texts`` grouped into batches of similar length, longest first.
+
+    Similar lengths keep padding (wasted compute) small; longest first makes an out-of-memory
+    error show up on the first batch rather than at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def encode_texts(
+    encode_fn: EncodeFn,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: tqdm | None = None,
+) -> np.ndarray:
+    """Encode ``texts`` in length-sorted batches and return float32 rows in the input order."""
+    rows: np.ndarray | None = None
+    for positions in length_sorted_batches(texts, batch_size):
+        embeddings = np.asarray(encode_fn([texts[i] for i in positions]), dtype=np.float32)  # (batch, dim)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(positions):
+            raise ValueError(
+                f"the encoder returned shape {embeddings.shape} for a batch of {len(positions)} texts"
+            )
+        if rows is None:
+            rows = np.empty((len(texts), embeddings.shape[1]), dtype=np.float32)  # (n, dim)
+        rows[positions] = embeddings
+        if progress is not None:
+            progress.update(len(positions))
+    if rows is None:
+        raise ValueError("nothing to encode: the list of texts is empty")
+    return rows
+
+
+def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str], model_id: str) -> str:
+    """A hash of the model identity and the corpus, to refuse resuming shards of another run."""
+    digest = hashlib.sha256()
+    digest.update(model_id.encode("utf-8"))
+    for doc_id, text in zip(ids, texts, strict=True):
+        digest.update(b"\x00")
+        digest.update(doc_id.encode("utf-8"))
+        digest.update(b"\x01")
+        digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def model_identity(name_or_path: str) -> str:
+    """A model's name plus, for a local folder, the size and mtime of its weight files.
+
+    Part of the resume fingerprint: retraining a model in place must not resume old shards.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return name_or_path
+    parts = [str(path.resolve())]
+    for weights in sorted(path.rglob("*")):
+        if weights.suffix in {".safetensors", ".bin", ".pt", ".gguf"} and weights.is_file():
+            stat = weights.stat()
+            parts.append(f"{weights.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _shard_path(work_dir: Path, shard: int) -> Path:
+    return work_dir / f"shard_{shard:06d}.npy"
+
+
+def _finished_shard(path: Path, rows: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError):
+        logger.warning("%s is unreadable; encoding that shard again", path)
+        return False
+    return array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32
+
+
+def encode_in_shards(
+    encode_fn: EncodeFn,
+    texts: Sequence[str],
+    work_dir: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    shard_size: int = 10_000,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Encode ``texts`` into ``work_dir/shard_XXXXXX.npy`` files, skipping shards already finished.
+
+    Shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)`` in corpus order. Each shard
+    is written atomically, so an interruption loses at most the shard being encoded.
+
+    Raises:
+        ValueError: ``work_dir`` holds shards of another corpus, model or shard size.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not texts:
+        raise ValueError("nothing to encode: the corpus is empty")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    num_shards = math.ceil(len(texts) / shard_size)
+    manifest = {
+        "fingerprint": fingerprint,
+        "num_texts": len(texts),
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+    }
+    manifest_path = work_dir / MANIFEST_FILE
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if previous != manifest:
+            raise ValueError(
+                f"{work_dir} holds embedding shards of a different run (corpus, model or shard size "
+                "changed); delete it to start over"
+            )
+    else:
+        atomic_write_json(manifest_path, manifest)
+
+    paths = [_shard_path(work_dir, shard) for shard in range(num_shards)]
+    rows_of = [min(shard_size, len(texts) - shard * shard_size) for shard in range(num_shards)]
+    done = [_finished_shard(path, rows) for path, rows in zip(paths, rows_of, strict=True)]
+    already = sum(rows for rows, finished in zip(rows_of, done, strict=True) if finished)
+    if already:
+        logger.info("resuming: %d of %d shards already encoded", sum(done), num_shards)
+    with tqdm(
+        total=len(texts), initial=already, desc="Encoding corpus", unit="doc", disable=not show_progress
+    ) as progress:
+        for shard, (path, finished) in enumerate(zip(paths, done, strict=True)):
+            if finished:
+                continue
+            start = shard * shard_size
+            chunk = list(texts[start : start + rows_of[shard]])
+            _atomic_save_npy(path, encode_texts(encode_fn, chunk, batch_size=batch_size, progress=progress))
+    return paths
+
+
+def load_shards(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Concatenate embedding shards into one float32 array."""
+    return np.concatenate([np.load(path) for path in paths], axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Index construction
+
+
+@dataclass
+class IndexSpec:
+    """Which FAISS index to build and its parameters. All indexes use inner product.
+
+    Types: ``flat`` exact search; ``hnsw`` graph (``hnsw_m`` links per node, ``ef_construction``,
+    ``ef_search``); ``ivf`` inverted lists over ``nlist`` k-means cells, ``nprobe`` visited per query;
+    ``ivfpq`` the same with product-quantized codes of ``pq_m`` sub-vectors x ``pq_nbits`` bits;
+    ``sq8``/``sq4``/``sqfp16`` scalar quantization to 8 bits, 4 bits or float16 per dimension.
+    """
+
+    index_type: str = "flat"
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    nlist: int | None = None
+    nprobe: int = 16
+    pq_m: int | None = None
+    pq_nbits: int = 8
+    train_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_nbits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"nlist must be >= 1, got {self.nlist}")
+        if self.pq_m is not None and self.pq_m < 1:
+            raise ValueError(f"pq_m must be >= 1, got {self.pq_m}")
+
+    def resolved_nlist(self, num_vectors: int) -> int:
+        """``nlist``, or about 4 * sqrt(n) cells, capped so each cell gets >= 39 training points."""
+        if self.nlist is not None:
+            return self.nlist
+        # faiss' k-means wants >= 39 points per centroid; 4 * sqrt(n) is the usual starting point.
+        return max(1, min(int(4 * math.sqrt(num_vectors)), num_vectors // 39))
+
+    def resolved_pq_m(self, dim: int) -> int:
+        """``pq_m``, or dim / 8 sub-vectors (8 dimensions per byte-sized code)."""
+        pq_m = self.pq_m if self.pq_m is not None else max(1, dim // 8)
+        if dim % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the embedding dimension {dim}")
+        return pq_m
+
+    def factory_string(self, dim: int, num_vectors: int) -> str:
+        """The ``faiss.index_factory`` description of this index."""
+        if self.index_type == "flat":
+            return "Flat"
+        if self.index_type == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        if self.index_type == "ivf":
+            return f"IVF{self.resolved_nlist(num_vectors)},Flat"
+        if self.index_type == "ivfpq":
+            return f"IVF{self.resolved_nlist(num_vectors)},PQ{self.resolved_pq_m(dim)}x{self.pq_nbits}"
+        return {"sq8": "SQ8", "sq4": "SQ4", "sqfp16": "SQfp16"}[self.index_type]
+
+    def resolved_train_size(self, num_vectors: int, dim: int) -> int:
+        """How many vectors train the index: ``train_size``, or enough for k-means and PQ codebooks."""
+        if self.train_size is not None:
+            return min(self.train_size, num_vectors)
+        wanted = 0
+        if self.index_type in {"ivf", "ivfpq"}:
+            wanted = 64 * self.resolved_nlist(num_vectors)
+        if self.index_type == "ivfpq":
+            wanted = max(wanted, 64 * 2**self.pq_nbits)
+        if self.index_type.startswith("sq"):
+            wanted = 50_000
+        return min(num_vectors, max(wanted, 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def set_search_params(index: faiss.Index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Set the query-time knobs of an IVF (``nprobe``) or HNSW (``ef_search``) index; others ignore them."""
+    import faiss
+
+    if nprobe is not None:
+        with contextlib.suppress(RuntimeError):
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = min(nprobe, ivf.nlist)
+    if ef_search is not None and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = ef_search
+
+
+def _vector_blocks(sources: Sequence[np.ndarray | str | os.PathLike[str]]) -> Iterator[np.ndarray]:
+    for source in sources:
+        yield source if isinstance(source, np.ndarray) else np.load(source, mmap_mode="r")
+
+
+def _training_sample(
+    sources: Sequence[np.ndarray | str | os.PathLike[str]], sizes: list[int], count: int, seed: int
+) -> np.ndarray:
+    total = sum(sizes)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+    parts, offset = [], 0
+    for block, size in zip(_vector_blocks(sources), sizes, strict=True):
+        local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
+        if len(local):
+            parts.append(np.asarray(block[local], dtype=np.float32))
+        offset += size
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def build_index(
+    sources: np.ndarray | Sequence[np.ndarray | str | os.PathLike[str]],
+    spec: IndexSpec | None = None,
+    *,
+    show_progress: bool = False,
+) -> faiss.Index:
+    """Build an inner-product FAISS index from one array or a sequence of arrays / ``.npy`` shards.
+
+    Shards are memory-mapped and added one at a time; training (IVF, PQ, SQ) uses a seeded uniform
+    sample over all rows.
+    """
+    import faiss
+
+    spec = spec or IndexSpec()
+    if isinstance(sources, np.ndarray):
+        sources = [sources]
+    sizes, dim = [], None
+    for block in _vector_blocks(sources):
+        if block.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D, got shape {block.shape}")
+        if dim is not None and block.shape[1] != dim:
+            raise ValueError(f"embedding blocks disagree on dimension: {dim} vs {block.shape[1]}")
+        dim = block.shape[1]
+        sizes.append(block.shape[0])
+    num_vectors = sum(sizes)
+    if not num_vectors or dim is None:
+        raise ValueError("no embeddings to index")
+    index = faiss.index_factory(dim, spec.factory_string(dim, num_vectors), faiss.METRIC_INNER_PRODUCT)
+    if spec.index_type == "hnsw":
+        index.hnsw.efConstruction = spec.ef_construction
+    if spec.index_type in {"ivf", "ivfpq"}:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = spec.seed
+        if spec.index_type == "ivfpq":
+            ivf.pq.cp.seed = spec.seed
+    if not index.is_trained:
+        sample = _training_sample(sources, sizes, spec.resolved_train_size(num_vectors, dim), spec.seed)
+        started = time.perf_counter()
+        index.train(sample)
+        logger.info("trained %s on %d vectors in %.1fs", spec.index_type, len(sample), time.perf_counter() - started)
+    with tqdm(total=num_vectors, desc="Adding to index", unit="vec", disable=not show_progress) as progress:
+        for block in _vector_blocks(sources):
+            index.add(np.ascontiguousarray(block, dtype=np.float32))
+            progress.update(block.shape[0])
+    set_search_params(index, nprobe=spec.nprobe, ef_search=spec.ef_search)
+    return index
+
+
+def search_index(
+    index: faiss.Index, queries: np.ndarray, top_k: int, *, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``top_k`` inner-product search in query batches.
+
+    Returns:
+        ``(scores, rows)``, each ``(num_queries, k)`` with ``k = min(top_k, index.ntotal)``; an
+        approximate index may fill missing hits with row ``-1``.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    k = min(top_k, index.ntotal)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)  # (queries, k)
+    rows = np.empty((len(queries), k), dtype=np.int64)  # (queries, k)
+    for start in range(0, len(queries), batch_size):
+        scores[start : start + batch_size], rows[start : start + batch_size] = index.search(
+            queries[start : start + batch_size], k
+        )
+    return scores, rows
+
+
+def hits_from_search(
+    query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, rows: np.ndarray
+) -> dict[str, list[tuple[str, float]]]:
+    """``{query_id: [(doc_id, score), ...]}`` best first, dropping the ``-1`` rows of ANN misses."""
+    hits: dict[str, list[tuple[str, float]]] = {}
+    for query_id, query_scores, query_rows in zip(query_ids, scores.tolist(), rows.tolist(), strict=True):
+        hits[query_id] = [
+            (doc_ids[row], score) for score, row in zip(query_scores, query_rows, strict=True) if row >= 0
+        ]
+    return hits
+
+
+# ---------------------------------------------------------------------------------------------
+# Index directories
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    ids: list[str]
+    meta: dict[str, Any]
+    path: Path
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def save_index(
+    out_dir: str | os.PathLike[str],
+    index: faiss.Index,
+    ids: Sequence[str],
+    meta: dict[str, Any] | None = None,
+    *,
+    embeddings_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an index directory atomically (see the module docstring for its layout).
+
+    ``embeddings_dir``, when given, is moved into the index directory as ``embeddings/``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
+    """
+    import faiss
+
+    out_dir = Path(out_dir)
+    if index.ntotal != len(ids):
+        raise ValueError(f"the index holds {index.ntotal} vectors but {len(ids)} ids were given")
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate ids: every indexed row needs its own id")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(out_dir)
+    staging.mkdir()
+    try:
+        faiss.write_index(index, str(staging / INDEX_FILE))
+        with open(staging / INDEX_FILE, "rb+") as handle:
+            os.fsync(handle.fileno())
+        atomic_write_text(staging / IDS_FILE, json.dumps(list(ids), ensure_ascii=False))
+        if embeddings_dir is not None:
+            shutil.move(str(embeddings_dir), str(staging / EMBEDDINGS_DIR))
+        record = dict(meta or {})
+        record.update(
+            format_version=FORMAT_VERSION,
+            num_vectors=int(index.ntotal),
+            dim=int(index.d),
+            metric="inner_product",
+            faiss_version=faiss.__version__,
+            files={name: (staging / name).stat().st_size for name in (INDEX_FILE, IDS_FILE)},
+            complete=True,
+        )
+        # meta.json goes last: its presence is what marks the directory as complete.
+        atomic_write_json(staging / META_FILE, record)
+        _fsync_dir(staging)
+        if out_dir.exists():
+            retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, retired)
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_index_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``meta.json`` of a finished index directory, after checking the files it lists.
+
+    Raises:
+        IncompleteIndexError: the directory is missing, unfinished, or its files do not match.
+    """
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise IncompleteIndexError(f"index directory not found: {index_dir}")
+    meta_path = index_dir / META_FILE
+    if not meta_path.is_file():
+        raise IncompleteIndexError(
+            f"{index_dir} has no {META_FILE}: the index was not completely written (interrupted build?); "
+            "build it again"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise IncompleteIndexError(f"{meta_path} is not valid JSON: {error.msg}") from None
+    if meta.get("complete") is not True or meta.get("format_version") != FORMAT_VERSION:
+        raise IncompleteIndexError(f"{meta_path} does not describe a complete index of format {FORMAT_VERSION}")
+    for name, size in meta.get("files", {}).items():
+        path = index_dir / name
+        if not path.is_file():
+            raise IncompleteIndexError(f"{index_dir}: {name} is missing")
+        if path.stat().st_size != size:
+            raise IncompleteIndexError(
+                f"{index_dir}: {name} has {path.stat().st_size} bytes but {size} were written (truncated or replaced)"
+            )
+    return meta
+
+
+def load_index(index_dir: str | os.PathLike[str], *, mmap: bool = False) -> LoadedIndex:
+    """Load an index directory written by ``save_index``, refusing unfinished or inconsistent ones.
+
+    ``mmap=True`` memory-maps the index file instead of reading it (for indexes larger than RAM).
+    """
+    import faiss
+
+    index_dir = Path(index_dir)
+    meta = read_index_meta(index_dir)
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    index = faiss.read_index(str(index_dir / INDEX_FILE), flags)
+    ids = json.loads((index_dir / IDS_FILE).read_text(encoding="utf-8"))
+    if index.ntotal != len(ids) or index.ntotal != meta["num_vectors"]:
+        raise IncompleteIndexError(
+            f"{index_dir}: index has {index.ntotal} vectors, ids.json {len(ids)}, meta.json {meta['num_vectors']}"
+        )
+    spec = meta.get("index_spec") or {}
+    set_search_params(index, nprobe=spec.get("nprobe"), ef_search=spec.get("ef_search"))
+    return LoadedIndex(index=index, ids=ids, meta=meta, path=index_dir)
+
+
+def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
+    """Where the resumable shards of an index build live: ``<out>.partial`` next to it."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}.partial"
+
+
+def build_corpus_index(
+    encode_fn: EncodeFn,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_id: str,
+    spec: IndexSpec | None = None,
+    shard_size: int = 10_000,
+    batch_size: int = 32,
+    keep_embeddings: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Encode a corpus in resumable shards, build the index and save it atomically.
+
+    ``model_id`` identifies the encoder (see ``model_identity``) for the resume check and meta.json.
+    """
+    spec = spec or IndexSpec()
+    out_dir = Path(out_dir)
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+    work_dir = work_dir_for(out_dir)
+    fingerprint = corpus_fingerprint(ids, texts, model_id)
+    started = time.perf_counter()
+    shards = encode_in_shards(
+        encode_fn,
+        texts,
+        work_dir / "shards",
+        fingerprint=fingerprint,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    encode_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    index = build_index(shards, spec, show_progress=show_progress)
+    build_seconds = time.perf_counter() - started
+    meta = dict(extra_meta or {})
+    meta.update(
+        index_type=spec.index_type,
+        index_spec=spec.to_dict(),
+        factory=spec.factory_string(index.d, index.ntotal),
+        corpus_fingerprint=fingerprint,
+        encode_seconds=round(encode_seconds, 3),
+        build_seconds=round(build_seconds, 3),
+        has_embeddings=keep_embeddings,
+    )
+    save_index(
+        out_dir,
+        index,
+        ids,
+        meta,
+        embeddings_dir=work_dir / "shards" if keep_embeddings else None,
+        overwrite=overwrite,
+    )
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir

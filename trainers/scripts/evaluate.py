@@ -1,0 +1,132 @@
+"""``llara evaluate``: nDCG@10, MRR@10, Recall@100, Recall@1000 and MAP on a BEIR-layout collection.
+
+Examples::
+
+    llara evaluate --model runs/llara --beir data/scifact --split test
+    llara evaluate --model runs/llara --model bm25 --model path/to/all-MiniLM-L6-v2 --beir data/scifact
+    llara evaluate --run run.trec --qrels data/scifact/qrels/test.tsv
+    llara evaluate --run run.trec --beir data/scifact --split test
+
+Models, BM25 (``--model bm25``, bm25s) and sentence-transformers baselines go through the same code;
+metrics come from pytrec_eval. The table is printed and the numbers are written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+
+from trainers.scripts.index import add_index_spec_args, index_spec_from_args
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.rstrip("/").split("/")[-1]) or "model"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llara evaluate",
+        description="Evaluate models, BM25 or a TREC run on a BEIR-layout collection (corpus.jsonl, "
+        "queries.jsonl, qrels/<split>.tsv) with pytrec_eval.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+    )
+    what = parser.add_argument_group("what to evaluate (one of --model or --run)")
+    what.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="A LLaRA model folder, a sentence-transformers path/name, or 'bm25'. Repeat to compare several.",
+    )
+    what.add_argument("--run", help="A TREC run file to score instead of ranking with a model.")
+    data = parser.add_argument_group("judgements")
+    data.add_argument("--beir", help="BEIR-layout folder (needed with --model; with --run it supplies the qrels).")
+    data.add_argument("--split", default="test", help="qrels/<split>.tsv to use (default test).")
+    data.add_argument("--qrels", help="A qrels TSV for --run (query-id, corpus-id, score, header line).")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", help="JSON file for the results (default results/<dataset>_<split>_<models>.json).")
+    out.add_argument("--save-runs", metavar="DIR", help="Also write each model's TREC run to DIR/<model>.trec.")
+    rank = parser.add_argument_group("ranking")
+    rank.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000, as Recall@1000 needs).")
+    rank.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
+    rank.add_argument("--device", default=None, help="Torch device for the encoders.")
+    rank.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    add_index_spec_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if bool(args.model) == bool(args.run):
+        parser.error("give either --model (with --beir) or --run (with --qrels or --beir)")
+    if args.model and not args.beir:
+        parser.error("--model needs --beir DIR")
+    if args.run and not (args.qrels or args.beir):
+        parser.error("--run needs --qrels FILE or --beir DIR")
+    if args.top_k < 1000:
+        logging.getLogger("llara.evaluate").warning("--top-k %d < 1000: Recall@1000 and MAP see only %d hits", args.top_k, args.top_k)
+
+    from pathlib import Path
+
+    import pytrec_eval
+
+    from trainers.beir import BeirFormatError, load_beir, load_qrels, qrels_path
+    from trainers.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
+    from trainers.indexing import atomic_write_json
+
+    try:
+        spec = index_spec_from_args(args)
+        rows, records = [], []
+        if args.run:
+            qrels_file = Path(args.qrels) if args.qrels else qrels_path(args.beir, args.split)
+            if args.beir:
+                qrels = load_beir(args.beir, args.split).qrels
+            else:
+                qrels = load_qrels(qrels_file)
+            result = evaluate_run_file(args.run, qrels)
+            rows.append((args.run, result.metrics))
+            records.append({"run": str(args.run), **result.to_dict()})
+            dataset_name, names = _slug(str(Path(qrels_file).parent.parent)), [_slug(args.run)]
+        else:
+            dataset = load_beir(args.beir, args.split)
+            dataset_name, names = dataset.name, [_slug(m) for m in args.model]
+            for model in args.model:
+                evaluation = evaluate_model(
+                    model,
+                    dataset,
+                    top_k=args.top_k,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    spec=spec,
+                    show_progress=not args.no_progress,
+                )
+                rows.append((model, evaluation.result.metrics))
+                records.append(evaluation.to_dict())
+                if args.save_runs:
+                    write_trec_run(Path(args.save_runs) / f"{_slug(model)}.trec", evaluation.run, tag=_slug(model))
+        output = Path(args.output or f"results/{dataset_name}_{args.split}_{'+'.join(names)}.json")
+        atomic_write_json(
+            output,
+            {
+                "dataset": dataset_name,
+                "split": args.split,
+                "top_k": args.top_k,
+                "index_spec": spec.to_dict() if args.model else None,
+                "metrics_by": f"pytrec_eval {getattr(pytrec_eval, '__version__', '')}".strip(),
+                "results": records,
+            },
+        )
+    except (BeirFormatError, FileNotFoundError, ValueError) as error:
+        print(f"llara evaluate: error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

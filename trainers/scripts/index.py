@@ -1,0 +1,127 @@
+"""``llara index``: encode a corpus.jsonl with a model and write a FAISS index directory.
+
+Examples::
+
+    llara index --model runs/llara --corpus data/beir/corpus.jsonl --out indexes/llara-flat
+    llara index --model runs/llara --corpus corpus.jsonl --out idx-hnsw --index-type hnsw --hnsw-m 32
+    llara index --model runs/llara --corpus corpus.jsonl --out idx-ivfpq --index-type ivfpq \\
+        --nlist 4096 --pq-m 64 --nprobe 32 --keep-embeddings
+
+An interrupted run resumes from its finished shards in ``<out>.partial/`` when started again with
+the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from trainers.indexing import INDEX_TYPES
+
+logger = logging.getLogger("llara.index")
+
+
+def add_index_spec_args(parser: argparse.ArgumentParser) -> None:
+    """The index type and its parameters (shared with ``llara evaluate``)."""
+    group = parser.add_argument_group("index type")
+    group.add_argument(
+        "--index-type",
+        choices=INDEX_TYPES,
+        default="flat",
+        help="flat: exact inner product (default); hnsw: graph; ivf: inverted lists; ivfpq: inverted lists "
+        "with product quantization; sq8 / sq4 / sqfp16: scalar quantization to int8, 4 bits or float16.",
+    )
+    group.add_argument("--hnsw-m", type=int, default=32, help="HNSW: links per node (default 32).")
+    group.add_argument("--ef-construction", type=int, default=80, help="HNSW: build-time beam width (default 80).")
+    group.add_argument("--ef-search", type=int, default=128, help="HNSW: query-time beam width (default 128).")
+    group.add_argument("--nlist", type=int, default=None, help="IVF: number of k-means cells (default ~4*sqrt(N)).")
+    group.add_argument("--nprobe", type=int, default=16, help="IVF: cells visited per query (default 16).")
+    group.add_argument("--pq-m", type=int, default=None, help="IVF-PQ: sub-vectors per code; must divide the dimension (default dim/8).")
+    group.add_argument("--pq-nbits", type=int, default=8, help="IVF-PQ: bits per sub-vector code (default 8).")
+    group.add_argument("--train-size", type=int, default=None, help="Vectors sampled to train IVF/PQ/SQ (default: enough for the index).")
+    group.add_argument("--seed", type=int, default=0, help="Seed of the training sample and k-means (default 0).")
+
+
+def index_spec_from_args(args: argparse.Namespace):
+    from trainers.indexing import IndexSpec
+
+    return IndexSpec(
+        index_type=args.index_type,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        pq_nbits=args.pq_nbits,
+        train_size=args.train_size,
+        seed=args.seed,
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llara index",
+        description="Encode a BEIR-layout corpus.jsonl (_id, title, text) with a LLaRA or sentence-transformers "
+        "model in length-sorted batches and write a FAISS index plus its id mapping, atomically.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("--model", required=True, help="LLaRA model folder, or any sentence-transformers model path/name.")
+    parser.add_argument("--corpus", required=True, help="corpus.jsonl with one {\"_id\", \"title\", \"text\"} object per line.")
+    parser.add_argument("--out", required=True, help="Index directory to create.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="Texts per resumable embedding shard (default 10000).")
+    parser.add_argument("--keep-embeddings", action="store_true", help="Keep the float32 embedding shards in <out>/embeddings/.")
+    parser.add_argument("--device", default=None, help="Torch device for the encoder (default: sentence-transformers' choice).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing index directory.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    add_index_spec_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from pathlib import Path
+
+    from trainers.beir import BeirFormatError, load_corpus, passage_text
+    from trainers.evaluation import is_bm25
+    from trainers.indexing import build_corpus_index, document_encoder, load_encoder, model_identity
+
+    if is_bm25(args.model):
+        parser.error("bm25 has no dense index; use `llara evaluate --model bm25` instead")
+    try:
+        spec = index_spec_from_args(args)
+        if Path(args.out).exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
+        corpus = load_corpus(args.corpus)
+        ids = list(corpus)
+        texts = [passage_text(doc["title"], doc["text"]) for doc in corpus.values()]
+        model = load_encoder(args.model, device=args.device)
+        out = build_corpus_index(
+            document_encoder(model, args.batch_size),
+            ids,
+            texts,
+            args.out,
+            model_id=model_identity(args.model),
+            spec=spec,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            keep_embeddings=args.keep_embeddings,
+            overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+            extra_meta={"model": args.model, "corpus": str(Path(args.corpus).resolve())},
+        )
+    except (BeirFormatError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"llara index: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(ids)} vectors ({spec.index_type}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``llara search``: search a FAISS index directory with queries.jsonl and write a TREC run.
+
+Examples::
+
+    llara search --index indexes/llara-flat --queries data/beir/queries.jsonl --top-k 1000 --out run.trec
+    llara search --index idx-ivfpq --queries queries.jsonl --top-k 100 --nprobe 64 --out run.trec
+
+The query encoder is the model recorded in the index (``--model`` overrides it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llara search",
+        description="Encode queries with the index's model (encode_query) and write the top-k hits of each "
+        "as a TREC run file (qid Q0 docid rank score tag).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("--index", required=True, help="Index directory written by `llara index`.")
+    parser.add_argument("--queries", required=True, help="queries.jsonl with one {\"_id\", \"text\"} object per line.")
+    parser.add_argument("--out", required=True, help="TREC run file to write.")
+    parser.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000).")
+    parser.add_argument("--model", default=None, help="Query encoder; default: the model the index was built with.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Queries per encoder batch (default 32).")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: cells visited per query (default: as built).")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: query-time beam width (default: as built).")
+    parser.add_argument("--tag", default="llara", help="Run tag, the sixth column (default llara).")
+    parser.add_argument("--device", default=None, help="Torch device for the encoder.")
+    parser.add_argument("--mmap", action="store_true", help="Memory-map the index file instead of reading it into RAM.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+
+    from tqdm.auto import tqdm
+
+    from trainers.beir import BeirFormatError, load_queries
+    from trainers.evaluation import hits_to_run, write_trec_run
+    from trainers.indexing import (
+        IncompleteIndexError,
+        encode_texts,
+        hits_from_search,
+        load_encoder,
+        load_index,
+        query_encoder,
+        search_index,
+        set_search_params,
+    )
+
+    try:
+        queries = load_queries(args.queries)
+        loaded = load_index(args.index, mmap=args.mmap)
+        set_search_params(loaded.index, nprobe=args.nprobe, ef_search=args.ef_search)
+        model_name = args.model or loaded.meta.get("model")
+        if not model_name:
+            raise ValueError(f"{args.index} does not record its model; pass --model")
+        model = load_encoder(model_name, device=args.device)
+        with tqdm(total=len(queries), desc="Encoding queries", unit="query") as progress:
+            embeddings = encode_texts(
+                query_encoder(model, args.batch_size), list(queries.values()), batch_size=args.batch_size, progress=progress
+            )
+        if embeddings.shape[1] != loaded.index.d:
+            raise ValueError(
+                f"the model embeds in {embeddings.shape[1]} dimensions but the index holds {loaded.index.d}-d vectors"
+            )
+        scores, rows = search_index(loaded.index, embeddings, args.top_k)
+        run = hits_to_run(hits_from_search(list(queries), loaded.ids, scores, rows))
+        write_trec_run(args.out, run, tag=args.tag)
+    except (BeirFormatError, IncompleteIndexError, FileNotFoundError, ValueError) as error:
+        print(f"llara search: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {sum(len(hits) for hits in run.values())} hits for {len(run)} queries to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
