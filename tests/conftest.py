@@ -30,7 +30,7 @@ def make_tokenizer(llara_tokens: str | None = None):
 
     ``llara_tokens``: None (no LLaRA tokens), ``"ordered"`` or ``"scrambled"`` (BAAI layout).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
@@ -39,6 +39,8 @@ def make_tokenizer(llara_tokens: str | None = None):
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    # Like LLaMA's tokenizer: BOS is added when add_special_tokens=True.
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
@@ -126,3 +128,39 @@ def _fail_on_logged_deprecations():
         lg.removeHandler(handler)
     if records:
         pytest.fail("deprecation logged: " + " | ".join(r.getMessage()[:300] for r in records))
+
+
+# Code run first in a "fresh process": the project's own packages cannot be imported there, whatever
+# is installed in the venv (an editable install would otherwise make them importable), so a model folder
+# that loads proves its shipped code is self-contained.
+ISOLATION_PRELUDE = '''
+import importlib.abc, os, sys
+_BLOCKED = {"modeling_llara", "trainers", "hub_card"}
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _BLOCKED:
+            raise ModuleNotFoundError(f"{name} is blocked in this isolated process")
+        return None
+sys.meta_path.insert(0, _Block())
+for _name in list(sys.modules):
+    if _name.split(".")[0] in _BLOCKED:
+        del sys.modules[_name]
+'''
+
+
+def run_isolated(code: str, cwd: Path, timeout: int = 600):
+    """Run ``code`` in a new interpreter (HF_HUB_OFFLINE=1, cwd outside the repo, project unimportable)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
+    return subprocess.run(
+        [sys.executable, "-c", ISOLATION_PRELUDE + code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

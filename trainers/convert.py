@@ -19,6 +19,7 @@ What conversion does:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -126,6 +127,21 @@ def build_llara(model, tokenizer, has_lm_head: bool, **config_overrides):
     return llara.eval(), tokenizer
 
 
+def _clean_tokenizer_config(path: Path, config: LlaraConfig) -> None:
+    """Drop load-time flags that transformers records (``local_files_only`` would break a Hub load) and
+    give ``model_max_length`` a real value instead of the "unlimited" sentinel."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf8"))
+    for key in ("is_local", "local_files_only", "_commit_hash"):
+        data.pop(key, None)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if limit and (data.get("model_max_length") or 0) > limit:
+        data["model_max_length"] = limit
+    data["padding_side"] = "right"
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
+
+
 def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a complete LLaRA folder atomically: a temp folder renamed into place when complete."""
     out = Path(out_dir)
@@ -138,6 +154,7 @@ def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = F
         model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _clean_tokenizer_config(tmp / "tokenizer_config.json", model.config)
         write_sentence_transformers_files(str(tmp), max_text_tokens=model.config.max_text_tokens)
         if out.exists():
             shutil.rmtree(out)
