@@ -156,6 +156,9 @@ def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = F
         tokenizer.save_pretrained(tmp)
         _clean_tokenizer_config(tmp / "tokenizer_config.json", model.config)
         write_sentence_transformers_files(str(tmp), max_text_tokens=model.config.max_text_tokens)
+        for path in tmp.iterdir():
+            if path.is_file():
+                path.chmod(0o644)  # save_pretrained leaves the weights owner-only
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
