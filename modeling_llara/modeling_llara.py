@@ -16,11 +16,14 @@ and the sibling ``configuration_llara`` module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
 
 from .configuration_llara import LlaraConfig
 
@@ -160,8 +163,80 @@ class LlaraModel(LlaraPreTrainedModel):
         )
 
 
+# Segment ids of the one-pass pretraining input ``prefix + text + summarize suffix + predict suffix``.
+SEGMENT_PAD = 0
+SEGMENT_TEXT = 1  # prefix and text
+SEGMENT_SUMMARIZE = 2
+SEGMENT_PREDICT = 3
+# Attention implementations that accept an arbitrary 4D mask (flash-attention cannot).
+_DUAL_MASK_ATTENTION = ("sdpa", "eager")
+
+
+def dual_suffix_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids of a one-pass input: the predict suffix re-uses the summarize suffix's positions.
+
+    Text and summarize tokens count themselves and everything attended before them except the predict
+    suffix; predict tokens count the text and themselves, skipping the summarize suffix. Both suffixes thus
+    start right after the text, exactly as in two separate passes. Padding (either side) is not counted.
+    """
+    text = segment_ids == SEGMENT_TEXT
+    summarize_side = (text | (segment_ids == SEGMENT_SUMMARIZE)).long().cumsum(-1) - 1  # (batch, seq)
+    predict_side = (text | (segment_ids == SEGMENT_PREDICT)).long().cumsum(-1) - 1  # (batch, seq)
+    return torch.where(segment_ids == SEGMENT_PREDICT, predict_side, summarize_side).clamp(min=0)
+
+
+def dual_suffix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (batch, 1, seq, seq) mask: causal, padding hidden, predict rows blind to summarize columns.
+
+    transformers uses a 4D mask as given, so it carries the causal part itself. It is additive with
+    ``torch.finfo(dtype).min`` (not ``-inf``) in the model's dtype: eager attention needs a float mask and
+    ``-inf`` turns fully masked rows into NaN. Every position may attend to itself, so padding rows (which
+    no loss reads) still get a finite softmax and cannot leak NaN into the gradients.
+    """
+    seq = segment_ids.shape[-1]
+    idx = torch.arange(seq, device=segment_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # (seq, seq): key <= query
+    keys_real = (segment_ids != SEGMENT_PAD)[:, None, :]  # (batch, 1, seq)
+    blocked = (segment_ids == SEGMENT_PREDICT)[:, :, None] & (segment_ids == SEGMENT_SUMMARIZE)[:, None, :]
+    allowed = (causal[None] & keys_real & ~blocked) | torch.eye(seq, dtype=torch.bool, device=idx.device)[None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]  # (batch, 1, seq, seq)
+
+
+@dataclass
+class LlaraPretrainingOutput(ModelOutput):
+    """Outputs of one EBAE/EBAR pass.
+
+    Args:
+        summarize_logits / predict_logits: (batch, num_pooled_tokens, vocab) LM-head logits at the special
+            tokens of each suffix (model dtype), the inputs of the bag-of-words losses.
+        summarize_embeds / predict_embeds: (batch, hidden) pooled embeddings, equal to what ``LlaraModel``
+            gives for ``task="summarize"`` / ``"predict"`` on the same text.
+        lm_loss: mean next-token cross-entropy over the ``lm_labels`` targets (fp32), when labels are given.
+        lm_tokens: number of those targets.
+        last_hidden_state: (batch, seq, hidden) final-layer states.
+    """
+
+    summarize_logits: torch.FloatTensor | None = None
+    predict_logits: torch.FloatTensor | None = None
+    summarize_embeds: torch.FloatTensor | None = None
+    predict_embeds: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    lm_tokens: torch.LongTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
 class LlaraForPretraining(LlaraPreTrainedModel):
-    """Backbone + LM head: the object trained by EBAE/EBAR pretraining (see ``trainers/``)."""
+    """Backbone + LM head: the object trained by EBAE/EBAR pretraining (see ``trainers/pretraining``).
+
+    One forward runs ``prefix + text + summarize suffix + predict suffix`` (``segment_ids`` name the four
+    parts, see ``SEGMENT_*``) with the positions of :func:`dual_suffix_positions` and the mask of
+    :func:`dual_suffix_attention_mask`; both suffixes' states equal those of two separate passes.
+    LM-head logits are computed only at the 2 x ``num_pooled_tokens`` special positions and, when
+    ``lm_labels`` are given, over the labelled text tokens in chunks of ``lm_chunk_size`` that are
+    recomputed in the backward pass, so (batch, seq, vocab) logits never exist at once.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -177,6 +252,104 @@ class LlaraForPretraining(LlaraPreTrainedModel):
 
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
+
+    def _special_positions(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, kind: str) -> torch.Tensor:
+        """Boolean (batch, seq) mask of ``kind``'s special tokens inside ``kind``'s suffix segment."""
+        ids = torch.tensor(self.config.suffix_token_ids(kind) or [], dtype=torch.long, device=input_ids.device)
+        if ids.numel() != self.config.num_pooled_tokens:
+            raise ValueError(f"config.{kind}_token_ids is not set: build the model with `llara init`")
+        segment = SEGMENT_SUMMARIZE if kind == "summarize" else SEGMENT_PREDICT
+        mask = torch.isin(input_ids, ids) & (segment_ids == segment)
+        counts = mask.sum(-1)  # (batch,)
+        bad = (counts != self.config.num_pooled_tokens).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"rows {bad[:10]} hold {counts[bad[0]].item()} {kind} special tokens in the {kind} segment, "
+                f"expected {self.config.num_pooled_tokens}: build inputs with the pretraining collator"
+            )
+        return mask
+
+    def _chunked_lm_loss(self, hidden: torch.Tensor, lm_labels: torch.Tensor, chunk_size: int):
+        """Mean cross-entropy of ``lm_labels`` (already aligned: label at p is predicted from p)."""
+        keep = lm_labels != -100  # (batch, seq)
+        states = hidden[keep]  # (tokens, hidden): padding and suffix positions never reach the LM head
+        targets = lm_labels[keep]  # (tokens,)
+        count = targets.numel()
+        if count == 0:
+            return hidden.sum() * 0.0, torch.zeros((), dtype=torch.long, device=hidden.device)
+
+        def chunk_loss(chunk_states: torch.Tensor, chunk_targets: torch.Tensor) -> torch.Tensor:
+            logits = self.lm_head(chunk_states).float()  # (chunk, vocab)
+            return nn.functional.cross_entropy(logits, chunk_targets, reduction="sum")
+
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, count, chunk_size):
+            piece = slice(start, start + chunk_size)
+            if torch.is_grad_enabled() and states.requires_grad:
+                # Recompute the chunk's logits in backward instead of keeping them: the saved state is
+                # (chunk, hidden), never (chunk, vocab).
+                total = total + torch.utils.checkpoint.checkpoint(
+                    chunk_loss, states[piece], targets[piece], use_reentrant=False
+                )
+            else:
+                total = total + chunk_loss(states[piece], targets[piece])
+        return total / count, torch.tensor(count, device=hidden.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        lm_labels: torch.LongTensor | None = None,
+        lm_chunk_size: int = 1024,
+        **kwargs,
+    ) -> LlaraPretrainingOutput:
+        if input_ids is None or segment_ids is None:
+            raise ValueError(
+                "LlaraForPretraining needs input_ids and segment_ids (0 pad, 1 prefix+text, 2 summarize suffix, "
+                "3 predict suffix): build them with trainers.pretraining.PretrainingCollator"
+            )
+        if segment_ids.shape != input_ids.shape:
+            raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and input_ids {tuple(input_ids.shape)} differ")
+        if attention_mask is not None and not torch.equal(attention_mask.bool(), segment_ids != SEGMENT_PAD):
+            raise ValueError("attention_mask disagrees with segment_ids: padding must be segment 0 exactly")
+        implementation = self.model.config._attn_implementation or "eager"
+        if implementation not in _DUAL_MASK_ATTENTION:
+            raise ValueError(
+                f"the one-pass EBAE/EBAR input needs a custom 4D mask, which {implementation!r} cannot take: "
+                f"load the model with attn_implementation in {_DUAL_MASK_ATTENTION}"
+            )
+        summarize_mask = self._special_positions(input_ids, segment_ids, "summarize")
+        predict_mask = self._special_positions(input_ids, segment_ids, "predict")
+        dtype = self.model.get_input_embeddings().weight.dtype
+        for key in ("token_type_ids", "position_ids", "num_items_in_batch"):
+            kwargs.pop(key, None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=dual_suffix_attention_mask(segment_ids, dtype),
+            position_ids=dual_suffix_positions(segment_ids),
+            use_cache=False,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # (batch, seq, hidden)
+        batch, k = input_ids.shape[0], self.config.num_pooled_tokens
+        # Masked selection keeps row-major order: k consecutive states per row, in sequence order.
+        special = torch.cat([hidden[summarize_mask], hidden[predict_mask]])  # (2 * batch * k, hidden)
+        logits = self.lm_head(special)  # (2 * batch * k, vocab)
+        summarize_logits, predict_logits = logits.view(2, batch, k, -1).unbind(0)  # (batch, k, vocab) each
+        lm_loss = lm_tokens = None
+        if lm_labels is not None:
+            lm_loss, lm_tokens = self._chunked_lm_loss(hidden, lm_labels, lm_chunk_size)
+        return LlaraPretrainingOutput(
+            summarize_logits=summarize_logits,
+            predict_logits=predict_logits,
+            summarize_embeds=self.pool(hidden, summarize_mask),
+            predict_embeds=self.pool(hidden, predict_mask),
+            lm_loss=lm_loss,
+            lm_tokens=lm_tokens,
+            last_hidden_state=hidden,
+        )
 
 
 class LlaraInputBuilder:
@@ -329,4 +502,13 @@ def encode(
     return out
 
 
-__all__ = ["LlaraPreTrainedModel", "LlaraModel", "LlaraForPretraining", "LlaraInputBuilder", "encode"]
+__all__ = [
+    "LlaraPreTrainedModel",
+    "LlaraModel",
+    "LlaraForPretraining",
+    "LlaraPretrainingOutput",
+    "LlaraInputBuilder",
+    "dual_suffix_attention_mask",
+    "dual_suffix_positions",
+    "encode",
+]

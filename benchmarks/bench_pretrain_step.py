@@ -1,0 +1,223 @@
+"""EBAE/EBAR training step: one pass (both suffixes, 4D mask) vs two separate passes; BoW loss memory.
+
+Variants, measured side by side on the same model, batch and texts (text length 128 tokens by default):
+
+* ``one_pass``       - LlaraForPretraining: one forward over prefix + text + both suffixes, LM-head logits
+                        only at the 16 special positions (+ the chunked LM term in ``reference`` mode);
+* ``two_pass``       - two ordinary causal passes (text + summarize suffix, text + predict suffix), logits
+                        at the special positions of each (+ the LM term from the first pass);
+* ``full_logits``    - one pass, but LM-head logits materialized over the whole sequence (batch, seq, vocab)
+                        in fp32 before the losses pick their positions (what a naive implementation does).
+
+Time: median seconds per training step (forward + loss + backward), variants interleaved. Peak memory:
+each variant runs in a fresh subprocess; on CPU the figure is the growth of peak RSS over one step
+(ru_maxrss after loading and after the step), on CUDA ``torch.cuda.max_memory_allocated``.
+Prints a table and writes benchmarks/results/pretrain_step.json.
+
+    python benchmarks/bench_pretrain_step.py --quick
+    python benchmarks/bench_pretrain_step.py --model /tmp/llara-smol --batch 8 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+VARIANTS = ("one_pass", "two_pass", "full_logits")
+WORDS = ("retrieval models embed passages so that relevant queries land near them in vector space while the "
+         "language model adapts its final hidden states to summarize a text and to predict the next one").split()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: /tmp/llara-smol, else the embedded SmolLM2 converted)")
+    p.add_argument("--models", default="tiny,smollm2", help="comma list of: tiny (hidden 64, 2 layers, SmolLM2 vocab), smollm2")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
+    p.add_argument("--loss-mode", default="reference", choices=["reference", "paper"])
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--quick", action="store_true", help="batch 4, 2 steps")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain_step.json"))
+    p.add_argument("--_memory", default=None, help=argparse.SUPPRESS)  # internal: one variant in a subprocess
+    return p
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load(name: str, args):
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling_llara import LlaraForPretraining
+    from trainers.pretraining.run import PretrainingModelArguments, load_pretraining_model
+
+    source = args.model or ("/tmp/llara-smol" if Path("/tmp/llara-smol/config.json").is_file() else None)
+    if source:
+        model = LlaraForPretraining.from_pretrained(source, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    else:
+        model, tokenizer = load_pretraining_model(PretrainingModelArguments())
+    if name == "tiny":
+        config = model.config.to_dict()
+        text = dict(config["text_config"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+        torch.manual_seed(0)
+        cfg = type(model.config)(**{**config, "text_config": text})
+        cfg._attn_implementation = "sdpa"
+        model = LlaraForPretraining(cfg)
+    return model.to(args.device).train(), tokenizer
+
+
+def batch_for(tokenizer, model, args):
+    from trainers.pretraining import PretrainingCollator
+
+    collator = PretrainingCollator(tokenizer, model.config, max_length=10**6)
+    collator.text_budget = args.text_tokens
+    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(4 * args.text_tokens)) for i in range(2 * args.batch)]
+    records = [{"input": texts[i], "next": texts[i + args.batch]} for i in range(args.batch)]
+    batch = collator(records)
+    two = {kind: collator.builder(texts[: args.batch], task=kind, max_text_tokens=args.text_tokens) for kind in ("summarize", "predict")}
+    return collator, batch, two
+
+
+def step(variant: str, model, collator, batch, two, args):
+    import torch
+
+    from trainers.pretraining import EbaeEbarLoss, bow_loss_from_logits
+
+    loss_fn = EbaeEbarLoss(args.loss_mode, ignore_ids=collator.ignore_ids)
+    dev = lambda d: {k: v.to(args.device) for k, v in d.items()}  # noqa: E731
+    b = dev(batch)
+    if variant == "one_pass":
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], segment_ids=b["segment_ids"],
+                    lm_labels=b["lm_labels"] if loss_fn.uses_lm else None)
+        loss, _ = loss_fn(out, b["ebae_target_ids"], b["ebar_target_ids"])
+    elif variant == "full_logits":
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], segment_ids=b["segment_ids"])
+        logits = model.lm_head(out.last_hidden_state).float()  # (batch, seq, vocab): the naive way
+        k = model.config.num_pooled_tokens
+        s_ids = torch.tensor(model.config.summarize_token_ids, device=args.device)
+        p_ids = torch.tensor(model.config.predict_token_ids, device=args.device)
+        s_logits = logits[torch.isin(b["input_ids"], s_ids)].view(-1, k, logits.shape[-1])
+        p_logits = logits[torch.isin(b["input_ids"], p_ids)].view(-1, k, logits.shape[-1])
+        ignore = torch.tensor(collator.ignore_ids)
+        loss = loss_fn.ebae_weight * bow_loss_from_logits(s_logits, b["ebae_target_ids"], ignore)[0]
+        loss = loss + loss_fn.ebar_weight * bow_loss_from_logits(p_logits, b["ebar_target_ids"], ignore)[0]
+        if loss_fn.uses_lm:
+            lm = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["lm_labels"].flatten(), ignore_index=-100)
+            loss = loss + loss_fn.lm_weight * lm
+    else:
+        loss = 0.0
+        for kind, target, weight in (("summarize", "ebae_target_ids", loss_fn.ebae_weight), ("predict", "ebar_target_ids", loss_fn.ebar_weight)):
+            inputs = dev(two[kind])
+            hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (batch, seq, hidden)
+            mask = torch.isin(inputs["input_ids"], torch.tensor(model.config.suffix_token_ids(kind), device=args.device))
+            logits = model.lm_head(hidden[mask]).view(mask.shape[0], -1, model.config.get_text_config().vocab_size)
+            loss = loss + weight * bow_loss_from_logits(logits, b[target], torch.tensor(collator.ignore_ids))[0]
+            if kind == "summarize" and loss_fn.uses_lm:
+                # the LM term from the first pass: same labels as the one-pass layout (text part only)
+                labels = torch.full_like(inputs["input_ids"], -100)
+                n_text = (b["segment_ids"] == 1).sum(-1)  # (batch,) prefix + text lengths
+                for row in range(labels.shape[0]):
+                    labels[row, : n_text[row] - 1] = inputs["input_ids"][row, 1 : n_text[row]]
+                keep = labels != -100
+                lm = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]).float(), labels[keep])
+                loss = loss + loss_fn.lm_weight * lm
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _sync(args):
+    import torch
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def memory_probe(name: str, variant: str, args) -> float:
+    """Peak extra memory (MiB) of one step of ``variant`` (runs in its own process)."""
+    import torch
+
+    model, tokenizer = load(name, args)
+    collator, batch, two = batch_for(tokenizer, model, args)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(variant, model, collator, batch, two, args)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(variant, model, collator, batch, two, args)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.quick:
+        args.batch, args.steps = min(args.batch, 4), min(args.steps, 2)
+    if args._memory:
+        name, variant = args._memory.split(":")
+        print(json.dumps({"peak_mib": memory_probe(name, variant, args)}))
+        return 0
+    import torch
+
+    results = []
+    for name in args.models.split(","):
+        model, tokenizer = load(name, args)
+        collator, batch, two = batch_for(tokenizer, model, args)
+        times = {v: [] for v in VARIANTS}
+        for v in VARIANTS:  # warm-up
+            step(v, model, collator, batch, two, args)
+        for _ in range(args.steps):
+            for v in VARIANTS:  # interleaved: machine load drifts hit all variants alike
+                _sync(args)
+                start = time.perf_counter()
+                step(v, model, collator, batch, two, args)
+                _sync(args)
+                times[v].append(time.perf_counter() - start)
+        del model
+        row = {"model": name, "batch": args.batch, "text_tokens": args.text_tokens, "one_pass_len": batch["input_ids"].shape[1],
+               "two_pass_len": two["summarize"]["input_ids"].shape[1], "loss_mode": args.loss_mode, "device": args.device,
+               "threads": torch.get_num_threads()}
+        for v in VARIANTS:
+            row[f"{v}_s"] = statistics.median(times[v])
+            cmd = [sys.executable, __file__, "--_memory", f"{name}:{v}", "--models", name, "--batch", str(args.batch),
+                   "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device]
+            if args.model:
+                cmd += ["--model", args.model]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+            row[f"{v}_peak_mib"] = json.loads(lines[-1])["peak_mib"] if lines else None
+        row["one_vs_two_time"] = row["one_pass_s"] / row["two_pass_s"]
+        results.append(row)
+    header = f"{'model':8} {'variant':12} {'step s':>8} {'peak MiB':>9}"
+    print(header)
+    for row in results:
+        for v in VARIANTS:
+            peak = row[f"{v}_peak_mib"]
+            print(f"{row['model']:8} {v:12} {row[f'{v}_s']:8.3f} {peak if peak is None else round(peak, 1):>9}")
+        print(f"{row['model']:8} one/two time ratio: {row['one_vs_two_time']:.3f} (target <= 0.65)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

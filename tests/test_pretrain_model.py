@@ -1,0 +1,160 @@
+"""LlaraForPretraining: the one-pass EBAE/EBAR forward equals two separate passes; chunked LM loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel
+from modeling_llara.modeling_llara import (
+    SEGMENT_PAD,
+    SEGMENT_PREDICT,
+    SEGMENT_SUMMARIZE,
+    SEGMENT_TEXT,
+    dual_suffix_attention_mask,
+    dual_suffix_positions,
+)
+from trainers.pretraining import PretrainingCollator
+
+TEXTS = [
+    "a retrieval model embeds text",
+    "short",
+    "",
+    "a much longer passage that forces the others to be padded by quite a few positions",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llara_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
+
+
+def _load(cls, path, impl, dtype=torch.float32):
+    return cls.from_pretrained(path, attn_implementation=impl, dtype=dtype).eval()
+
+
+def test_positions_reuse_summarize_positions():
+    # Given one row: 2 pads, 3 text, 2 summarize, 2 predict tokens (left padding)
+    seg = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 3, 3]])
+    # Then the predict suffix starts where the summarize suffix starts, right after the text
+    assert dual_suffix_positions(seg).tolist() == [[0, 0, 0, 1, 2, 3, 4, 3, 4]]
+
+
+def test_mask_blocks_summarize_columns_for_predict_rows_only():
+    seg = torch.tensor([[1, 1, 2, 2, 3, 3, 0]])
+    mask = dual_suffix_attention_mask(seg, torch.float32)[0, 0]
+    allowed = mask == 0
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0],
+            [1, 1, 0, 0, 1, 1, 0],
+            [1, 1, 1, 1, 1, 1, 1],  # a trailing padding row: finite, never read
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(allowed, expected)
+    assert mask.min().item() == torch.finfo(torch.float32).min
+
+
+def _two_pass_states(embedder, builder, texts, kind, budget, side):
+    batch = builder(texts, task=kind, max_text_tokens=budget, padding_side=side)
+    with torch.no_grad():
+        hidden = embedder(**batch).last_hidden_state  # (batch, seq, hidden)
+    rows = []
+    for i in range(len(texts)):
+        real = batch["attention_mask"][i].bool()
+        rows.append(hidden[i][real])  # prefix + text + suffix, unpadded
+    return rows
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_one_pass_equals_two_passes(tiny_llara_dir, tokenizer, impl, side):
+    # Given the pretraining model and the plain embedder sharing the same weights
+    model = _load(LlaraForPretraining, tiny_llara_dir, impl)
+    embedder = _load(LlaraModel, tiny_llara_dir, impl)
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190, padding_side=side)
+    builder = LlaraInputBuilder(tokenizer, model.config)
+    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    # When one pass runs text + summarize + predict with the dual mask and positions
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], segment_ids=batch["segment_ids"])
+    summarize = _two_pass_states(embedder, builder, TEXTS, "summarize", collator.text_budget, side)
+    predict = _two_pass_states(embedder, builder, TEXTS, "predict", collator.text_budget, side)
+    # Then every state of text + suffix equals the separate pass with that suffix (fp32, 1e-5)
+    for i in range(len(TEXTS)):
+        seg = batch["segment_ids"][i]
+        hidden = out.last_hidden_state[i]
+        one_summarize = hidden[(seg == SEGMENT_TEXT) | (seg == SEGMENT_SUMMARIZE)]
+        one_predict = hidden[(seg == SEGMENT_TEXT) | (seg == SEGMENT_PREDICT)]
+        torch.testing.assert_close(one_summarize, summarize[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(one_predict, predict[i], atol=1e-5, rtol=0)
+    # And the pooled embeddings are those of the embedder
+    ref_s = embedder(**builder(TEXTS, task="summarize", max_text_tokens=collator.text_budget)).pooler_output
+    ref_p = embedder(**builder(TEXTS, task="predict", max_text_tokens=collator.text_budget)).pooler_output
+    torch.testing.assert_close(out.summarize_embeds, ref_s, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.predict_embeds, ref_p, atol=1e-5, rtol=0)
+    # And the special logits are the LM head at the special positions
+    lm = model.lm_head(out.last_hidden_state)
+    pos = torch.isin(batch["input_ids"], torch.tensor(model.config.summarize_token_ids))
+    torch.testing.assert_close(out.summarize_logits, lm[pos].view(len(TEXTS), 8, -1))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_bf16_left_padding_has_no_nan(tiny_llara_dir, tokenizer, impl):
+    model = _load(LlaraForPretraining, tiny_llara_dir, impl, dtype=torch.bfloat16).train()
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190, padding_side="left")
+    batch = collator([{"input": t, "next": "next words"} for t in TEXTS])
+    out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}, lm_chunk_size=16)
+    total = out.summarize_logits.float().sum() + out.predict_logits.float().sum() + out.lm_loss
+    total.backward()
+    assert torch.isfinite(out.last_hidden_state.float()).all()
+    assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_chunked_lm_loss_matches_full_logits(tiny_llara_dir, tokenizer):
+    # Given labels over the text part only
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa").train()
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190)
+    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
+    # When the loss runs in chunks of 7 tokens (recomputed in backward)
+    out = model(**inputs, lm_chunk_size=7)
+    out.lm_loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    # Then it equals the cross-entropy of full (batch, seq, vocab) logits, value and gradients
+    ref = model(**inputs, lm_chunk_size=10**6)
+    full = model.lm_head(ref.last_hidden_state).float()
+    expected = torch.nn.functional.cross_entropy(full.flatten(0, 1), batch["lm_labels"].flatten(), ignore_index=-100)
+    expected.backward()
+    torch.testing.assert_close(out.lm_loss, expected, atol=1e-5, rtol=1e-5)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(grads[name], param.grad, atol=1e-6, rtol=1e-4)
+    # And the labels cover text tokens only: next-token targets inside prefix + text
+    labelled = batch["lm_labels"] != -100
+    assert (batch["segment_ids"][labelled] == SEGMENT_TEXT).all()
+    assert out.lm_tokens.item() == int(((batch["segment_ids"] == SEGMENT_TEXT).sum(-1) - 1).sum())
+
+
+def test_rejects_flash_attention_and_bad_segments(tiny_llara_dir, tokenizer):
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa")
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190)
+    batch = collator([{"input": "text", "next": None}])
+    bad = batch["segment_ids"].clone()
+    bad[bad == SEGMENT_PREDICT] = SEGMENT_SUMMARIZE  # predict specials now sit in the wrong segment
+    with pytest.raises(ValueError, match="predict special tokens"):
+        model(input_ids=batch["input_ids"], segment_ids=bad)
+    with pytest.raises(ValueError, match="attention_mask disagrees"):
+        model(input_ids=batch["input_ids"], segment_ids=batch["segment_ids"], attention_mask=torch.zeros_like(bad))
+    model.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="4D mask"):
+        model(input_ids=batch["input_ids"], segment_ids=batch["segment_ids"])
+    assert SEGMENT_PAD == 0

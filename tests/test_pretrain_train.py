@@ -1,0 +1,177 @@
+"""LlaraPretrainer end to end on CPU with a tiny model: accumulation equivalence, SIGKILL + resume,
+LoRA with a YAML recipe and export that loads with AutoModel / SentenceTransformer, torchrun (gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone field".split()
+
+
+def _corpus(path: Path, docs: int = 16, length: int = 60) -> Path:
+    # Equal-length documents: every micro-batch holds the same number of LM tokens.
+    lines = []
+    for d in range(docs):
+        text = " ".join(WORDS[(d * 3 + i) % len(WORDS)] for i in range(40))
+        lines.append(text[:length].strip().ljust(length, "z"))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _common(model_dir, corpus, out):
+    return [
+        "--model_name_or_path", str(model_dir), "--train_files", str(corpus), "--output_dir", str(out),
+        "--max_length", "190", "--chunk_tokens", "200", "--report_to", "none", "--use_cpu", "true",
+        "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "3",
+    ]
+
+
+def _build(model_dir, corpus, out, **overrides):
+    from trainers.pretraining.data import PretrainingDataArguments
+    from trainers.pretraining.run import PretrainingModelArguments, build_pretrainer
+    from trainers.pretraining.trainer import PretrainingArguments
+
+    training = dict(
+        output_dir=str(out), report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
+        logging_strategy="no", dataloader_pin_memory=False, seed=3, lr_scheduler_type="constant", warmup_ratio=0.0,
+    )
+    training.update(overrides)
+    trainer, _ = build_pretrainer(
+        PretrainingModelArguments(model_name_or_path=str(model_dir)),
+        PretrainingDataArguments(train_files=[str(corpus)], max_length=190, chunk_tokens=200),
+        PretrainingArguments(**training),
+    )
+    return trainer
+
+
+def test_accumulation_matches_one_big_batch(tiny_llara_dir, tmp_path):
+    # Given 8 equal-length pairs and plain SGD (an update proportional to the gradient)
+    corpus = _corpus(tmp_path / "c.txt", docs=8)
+    common = dict(optim="sgd", learning_rate=0.5, max_steps=1, loss_mode="reference")
+    # When one step runs as 8 x 1 and as 2 x 4
+    big = _build(tiny_llara_dir, corpus, tmp_path / "a", per_device_train_batch_size=8, **common)
+    small = _build(tiny_llara_dir, corpus, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
+    before = {n: p.detach().clone() for n, p in big.model.named_parameters()}
+    big.train()
+    small.train()
+    # Then both updates are the same (and not zero)
+    after_small = dict(small.model.named_parameters())
+    moved = 0.0
+    for name, param in big.model.named_parameters():
+        torch.testing.assert_close(param, after_small[name], atol=1e-6, rtol=1e-5)
+        moved = max(moved, (param - before[name]).abs().max().item())
+    assert moved > 1e-4
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import TrainerCallback
+    import trainers.pretraining.run as run
+    from trainers.scripts import pretrain
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    build = run.build_pretrainer
+    run.build_pretrainer = lambda *a, **k: build(*a, **{**k, "callbacks": [KillAfterSave()]})
+    sys.exit(pretrain.main(sys.argv[1:]))
+    """
+)
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tiny_llara_dir, tmp_path):
+    from trainers.scripts import pretrain
+
+    corpus = _corpus(tmp_path / "c.txt")
+    steps = ["--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
+             "--logging_steps", "1"]
+    # Given a run SIGKILLed right after its step-2 checkpoint
+    killed = tmp_path / "killed"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run([sys.executable, str(script), *_common(tiny_llara_dir, corpus, killed), *steps],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "checkpoint-2").is_dir() and not (killed / "final").exists()
+    # When it is resumed from its last checkpoint, and an uninterrupted run goes side by side
+    assert pretrain.main([*_common(tiny_llara_dir, corpus, killed), *steps, "--resume_from_checkpoint", "auto"]) == 0
+    whole = tmp_path / "whole"
+    assert pretrain.main([*_common(tiny_llara_dir, corpus, whole), *steps]) == 0
+    # Then both end with the same parameters
+    resumed = load_file(killed / "final" / "model.safetensors")
+    straight = load_file(whole / "final" / "model.safetensors")
+    initial = load_file(Path(tiny_llara_dir) / "model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(straight[k], initial[k]) for k in straight)
+
+
+def test_lora_recipe_trains_special_rows_and_exports_a_loadable_model(tiny_llara_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from modeling_llara import LlaraConfig
+    from trainers.scripts import pretrain
+
+    # Given a YAML recipe with LoRA and the paper loss, overridden by flags
+    corpus = _corpus(tmp_path / "c.txt", docs=6)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "use_lora: true\nlora_r: 4\nlora_alpha: 8\nlora_target_modules: [q_proj, v_proj]\nloss_mode: paper\n"
+        "learning_rate: 0.05\nmax_steps: 2\nper_device_train_batch_size: 3\nactivation_checkpointing: true\n"
+        "save_strategy: 'no'\n"
+    )
+    out = tmp_path / "run"
+    # When the CLI trains and exports
+    assert pretrain.main(["--config", str(recipe), *_common(tiny_llara_dir, corpus, out), "--max_steps", "3"]) == 0
+    final = out / "final"
+    # Then the special-token rows and the adapted projections moved, other embedding rows did not
+    before = load_file(Path(tiny_llara_dir) / "model.safetensors")
+    after = load_file(final / "model.safetensors")
+    config = LlaraConfig.from_pretrained(final)
+    special = torch.tensor(config.summarize_token_ids + config.predict_token_ids)
+    emb = "model.embed_tokens.weight"
+    other = torch.ones(before[emb].shape[0], dtype=torch.bool)
+    other[special] = False
+    assert not torch.allclose(before[emb][special], after[emb][special])
+    torch.testing.assert_close(before[emb][other], after[emb][other])
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    torch.testing.assert_close(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert not any("lora" in k for k in after)
+    # And the folder loads like any LLaRA model, with the same embeddings both ways
+    model = AutoModel.from_pretrained(final, trust_remote_code=True)
+    st = SentenceTransformer(str(final), trust_remote_code=True, device="cpu")
+    assert type(model).__name__ == "LlaraModel"
+    vec = st.encode(["alpha beta"], convert_to_tensor=True)
+    assert vec.shape == (1, 32) and torch.isfinite(vec).all()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
+    corpus = _corpus(tmp_path / "c.txt")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "trainers.scripts.pretrain", *_common(tiny_llara_dir, corpus, out),
+           "--max_steps", "3", "--per_device_train_batch_size", "2", "--ddp_backend", "gloo", "--save_strategy", "no"]
+    proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "final" / "model.safetensors").is_file()

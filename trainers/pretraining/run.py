@@ -1,0 +1,151 @@
+"""Assembling a pretraining run: model (LLaRA folder or a base LM converted in memory), optional LoRA,
+data, collator, trainer, and the final export of a LLaRA folder.
+
+Kept apart from the command-line script so that tests and other pipelines build the same trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .collator import PretrainingCollator
+from .data import PretrainingDataArguments, load_pretraining_data
+from .trainer import LlaraPretrainer, PretrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainingModelArguments:
+    """Which model to adapt and how (full-parameter or LoRA)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A LLaRA folder (from `llara init`, with an LM head) or a causal-LM folder/.gguf converted on the fly "
+                  "(default: the embedded SmolLM2-135M-Instruct)."},
+    )
+    export_dir: str | None = field(
+        default=None, metadata={"help": "Where the final LLaRA model folder is written (default: <output_dir>/final)."}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "'sdpa' or 'eager': the one-pass input needs a custom 4D mask (no flash-attention)."}
+    )
+    model_dtype: str = field(
+        default="float32",
+        metadata={"help": "Dtype the weights are loaded in ('float32', 'bfloat16', 'float16'); with --bf16/--fp16 keep float32 "
+                  "for mixed precision."},
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (+ the 16 special-token rows) instead of all weights."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Linear layers adapted by LoRA."},
+    )
+
+
+def load_pretraining_model(args: PretrainingModelArguments):
+    """``(LlaraForPretraining, tokenizer)`` from a LLaRA folder, or a base LM converted in memory."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from modeling_llara import LlaraForPretraining
+    from trainers.convert import build_llara, default_base, load_base
+
+    dtype = getattr(torch, args.model_dtype)
+    source = args.model_name_or_path or default_base()
+    is_llara = Path(source).is_dir() and AutoConfig.from_pretrained(source, trust_remote_code=True).model_type == "llara"
+    if is_llara:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+        if "LlaraForPretraining" not in (config.architectures or []) and not config.tie_word_embeddings:
+            raise ValueError(
+                f"{source} holds no LM head (architectures {config.architectures}): EBAE/EBAR needs one; run "
+                "`llara init` on the causal LM instead of on an embedder"
+            )
+        model = LlaraForPretraining.from_pretrained(source, dtype=dtype, attn_implementation=args.attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    else:
+        base, tokenizer, has_head = load_base(source, dtype=dtype)
+        if not has_head:
+            raise ValueError(f"{source} has no LM head: EBAE/EBAR pretraining needs a causal LM")
+        model, tokenizer = build_llara(base, tokenizer, has_head)
+        model.config._attn_implementation = args.attn_implementation
+        model.model.config._attn_implementation = args.attn_implementation
+    return model, tokenizer
+
+
+def build_pretrainer(
+    model_args: PretrainingModelArguments,
+    data_args: PretrainingDataArguments,
+    training_args: PretrainingArguments,
+    callbacks: list | None = None,
+    sources: list | None = None,
+):
+    """``(trainer, tokenizer)`` ready for ``trainer.train()``."""
+    model, tokenizer = load_pretraining_model(model_args)
+    collator = PretrainingCollator(
+        tokenizer,
+        model.config,
+        max_length=data_args.max_length,
+        max_target_tokens=data_args.max_target_tokens,
+        remove_stopwords=data_args.remove_stopwords,
+    )
+    dataset = load_pretraining_data(tokenizer, data_args, collator.text_budget, sources=sources)
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no known length")
+    if model_args.use_lora:
+        from trainers.lora import apply_lora
+
+        model = apply_lora(
+            model,
+            r=model_args.lora_r,
+            alpha=model_args.lora_alpha,
+            dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            train_special_tokens=True,
+        )
+    model.train()
+    trainer = LlaraPretrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        loss=training_args.make_loss(collator.ignore_ids),
+    )
+    return trainer, tokenizer
+
+
+def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments) -> Path | None:
+    """Write the trained model as a LLaRA folder (LoRA merged); returns its path on the main process."""
+    from modeling_llara import LlaraForPretraining
+    from trainers.convert import save_llara
+
+    out = Path(model_args.export_dir or Path(trainer.args.output_dir) / "final")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        # Sharded weights: let the Trainer gather them into a full checkpoint, then export from it.
+        staging = Path(trainer.args.output_dir) / "final-gathered"
+        trainer.save_model(str(staging))
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.is_world_process_zero():
+            return None
+        if model_args.use_lora:
+            raise NotImplementedError("exporting LoRA trained under DeepSpeed/FSDP: merge the saved adapter with `llara merge`")
+        model = LlaraForPretraining.from_pretrained(staging)
+    if not trainer.is_world_process_zero():
+        return None
+    if model_args.use_lora:
+        from trainers.lora import merge_lora
+
+        model = merge_lora(model)
+    model = model.eval()
+    return save_llara(model, tokenizer, out, overwrite=True)
+
+
+__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "load_pretraining_model"]
