@@ -77,8 +77,8 @@ def hits_to_run(hits: Mapping[str, Sequence[tuple[str, float]]]) -> Run:
 def format_trec_run(run: Mapping[str, Mapping[str, float]], tag: str = "llara") -> str:
     """A run in the six-column TREC format ``qid Q0 docid rank score tag``.
 
-    Scores are written with 9 significant digits, which round-trips float32 scores exactly, so a run
-    read back from the file gives the same metrics as the run in memory.
+    Scores are written as Python's shortest round-trip repr, so a run read back from the file is the
+    run in memory, bit for bit, and gives the same metrics.
     """
     if not tag or any(ch.isspace() for ch in tag):
         raise ValueError(f"run tag must be one word, got {tag!r}")
@@ -87,7 +87,7 @@ def format_trec_run(run: Mapping[str, Mapping[str, float]], tag: str = "llara") 
         for rank, (doc_id, score) in enumerate(_trec_order(scores), start=1):
             if any(ch.isspace() for ch in query_id + doc_id):
                 raise ValueError(f"ids in a TREC run cannot contain whitespace: {query_id!r}, {doc_id!r}")
-            lines.append(f"{query_id} Q0 {doc_id} {rank} {score:.9g} {tag}\n")
+            lines.append(f"{query_id} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
     return "".join(lines)
 
 

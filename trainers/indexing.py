@@ -47,6 +47,8 @@ EMBEDDINGS_DIR = "embeddings"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
+PQ_TRAIN_POINTS_PER_CODE = 64
+
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "sq4", "sqfp16")
 
 # A list of texts in, a float32 (len(texts), dim) array of L2-normalized embeddings out.
@@ -339,12 +341,13 @@ class IndexSpec:
     pq_m: int | None = None
     pq_nbits: int = 8
     train_size: int | None = None
+    kmeans_iters: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"unknown index type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_nbits"):
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_nbits", "kmeans_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.nlist is not None and self.nlist < 1:
@@ -459,8 +462,13 @@ def build_index(
     if spec.index_type in {"ivf", "ivfpq"}:
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = spec.seed
-        if spec.index_type == "ivfpq":
-            ivf.pq.cp.seed = spec.seed
+        ivf.cp.niter = spec.kmeans_iters
+        if hasattr(index, "pq"):
+            index.pq.cp.seed = spec.seed
+            index.pq.cp.niter = spec.kmeans_iters
+            # One k-means per sub-vector: 64 points per code (faiss' default is 256) keeps PQ training
+            # from dominating the build while staying well above faiss' minimum of 39.
+            index.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CODE
     if not index.is_trained:
         sample = _training_sample(sources, sizes, spec.resolved_train_size(num_vectors, dim), spec.seed)
         started = time.perf_counter()

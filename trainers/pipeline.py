@@ -1,0 +1,303 @@
+"""The whole LLaRA pipeline on real data, as resumable stages.
+
+SmolLM2-135M (offline GGUF) -> ``llara init`` -> EBAE/EBAR pretraining on unlabeled Debian descriptions
+-> BM25-mined hard negatives -> contrastive fine-tuning (LoRA) -> evaluation on a held-out BEIR-layout
+collection -> Hub export, loaded back through sentence-transformers.
+
+Every stage runs the same code a user runs (the ``llara`` sub-commands' ``main``) and writes its
+output atomically into the work folder; a stage whose output exists is skipped, so an interrupted
+pipeline resumes where it stopped. The default sizes fit a 2-core CPU in well under 25 minutes; the
+paper-comparison benchmark reuses the stages with other budgets and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """Sizes and budgets of one pipeline run (defaults: the 2-core CPU main job)."""
+
+    out: str = "outputs/pipeline"
+    seed: int = 0
+    # data (disjoint by Debian package)
+    n_test_queries: int = 150
+    n_test_corpus: int = 600
+    n_pretrain_docs: int = 1200
+    n_train_pairs: int = 1200
+    # inference text budget (tokens, prompt excluded), also used for evaluation
+    max_text_tokens: int = 64
+    # stage 1
+    pretrain_steps: int = 40
+    pretrain_batch_size: int = 8
+    pretrain_lr: float = 5e-5
+    pretrain_max_length: int = 112
+    loss_mode: str = "reference"
+    ebae_weight: float | None = None
+    ebar_weight: float | None = None
+    # stage 2
+    finetune_steps: int = 40
+    finetune_batch_size: int = 4
+    group_size: int = 4
+    finetune_lr: float = 3e-4
+    temperature: float = 0.01
+    query_max_length: int = 48
+    passage_max_length: int = 96
+    mine_with: str = "bm25"
+    mine_range: tuple[int, int] = (3, 30)
+    use_lora: bool = True
+    eval_batch_size: int = 16
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out)
+
+
+def _done(path: Path) -> bool:
+    return path.exists() and (path.is_file() or (path / "config.json").is_file() or (path / "corpus.jsonl").is_file())
+
+
+def _run_command(name: str, argv: list[str]) -> None:
+    """Run a ``llara`` sub-command in-process, failing loudly on a non-zero exit."""
+    import importlib
+
+    module = importlib.import_module(f"trainers.scripts.{name}")
+    logger.info("llara %s %s", name, " ".join(argv))
+    code = module.main(argv)
+    if code:
+        raise RuntimeError(f"llara {name} exited with code {code}")
+
+
+# ---- stages ----------------------------------------------------------------------------------------
+def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
+    """Disjoint pretraining text, training pairs and a held-out BEIR test collection from the snapshot."""
+    from trainers.debian_data import load_pairs, make_splits, write_beir, write_pretraining_text, write_training_jsonl
+
+    data = cfg.root / "data"
+    paths = {"test": data / "test", "train": data / "train.jsonl", "pretrain": data / "pretrain.jsonl"}
+    if all(_done(p) for p in paths.values()):
+        return paths
+    data.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(
+        load_pairs(),
+        seed=cfg.seed,
+        n_test_queries=cfg.n_test_queries,
+        n_test_corpus=cfg.n_test_corpus,
+        n_pretrain_docs=cfg.n_pretrain_docs,
+        n_train_pairs=cfg.n_train_pairs,
+    )
+    write_pretraining_text(splits.pretrain_docs, paths["pretrain"])
+    write_training_jsonl(splits.train_pairs, paths["train"])
+    if paths["test"].exists():
+        shutil.rmtree(paths["test"])
+    write_beir(splits.test, paths["test"])
+    return paths
+
+
+def init_model(cfg: PipelineConfig, out: Path | None = None) -> Path:
+    out = out or cfg.root / "models" / "init"
+    if not _done(out):
+        _run_command("init", ["--out", str(out), "--overwrite", "--max-text-tokens", str(cfg.max_text_tokens)])
+    return out
+
+
+def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
+    """Stage 1 (full-parameter, as released) from a LLaRA folder with an LM head."""
+    out = out or cfg.root / "models" / "pretrained"
+    if _done(out):
+        return out
+    run_dir = out.parent / f"{out.name}-run"
+    settings = {
+        "loss_mode": cfg.loss_mode,
+        "ebae_weight": cfg.ebae_weight,
+        "ebar_weight": cfg.ebar_weight,
+        "learning_rate": cfg.pretrain_lr,
+        "max_steps": cfg.pretrain_steps,
+        **overrides,
+    }
+    argv = [
+        "--model_name_or_path", str(base),
+        "--train_files", str(data),
+        "--output_dir", str(run_dir),
+        "--export_dir", str(out),
+        "--max_length", str(cfg.pretrain_max_length),
+        "--per_device_train_batch_size", str(cfg.pretrain_batch_size),
+        "--warmup_ratio", "0.1",
+        "--logging_steps", "5",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--seed", str(cfg.seed),
+        "--disable_tqdm", "false",
+    ]
+    for key, value in settings.items():
+        if value is not None:
+            argv += [f"--{key}", str(value)]
+    _run_command("pretrain", argv)
+    _copy_trainer_state(run_dir, out)
+    return out
+
+
+def mine(cfg: PipelineConfig, train: Path, model: str | None = None) -> Path:
+    model = model or cfg.mine_with
+    out = train.with_name(f"train_mined_{Path(model).name}.jsonl")
+    if not _done(out):
+        _run_command("mine", [
+            "--data", str(train), "--model", str(model), "--out", str(out), "--overwrite",
+            "--range-start", str(cfg.mine_range[0]), "--range-end", str(cfg.mine_range[1]),
+            "--num-negatives", str(cfg.group_size - 1), "--seed", str(cfg.seed), "--quiet",
+        ])
+    return out
+
+
+def finetune(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
+    """Stage 2: contrastive fine-tuning (LoRA, merged on export) from a LLaRA folder."""
+    out = out or cfg.root / "models" / "finetuned"
+    if _done(out):
+        return out
+    run_dir = out.parent / f"{out.name}-run"
+    settings = {
+        "learning_rate": cfg.finetune_lr,
+        "max_steps": cfg.finetune_steps,
+        "use_lora": cfg.use_lora,
+        "temperature": cfg.temperature,
+        **overrides,
+    }
+    argv = [
+        "--model_name_or_path", str(base),
+        "--train_data", str(data),
+        "--output_dir", str(run_dir),
+        "--export_dir", str(out),
+        "--group_size", str(cfg.group_size),
+        "--query_max_length", str(cfg.query_max_length),
+        "--passage_max_length", str(cfg.passage_max_length),
+        "--per_device_train_batch_size", str(cfg.finetune_batch_size),
+        "--warmup_ratio", "0.1",
+        "--logging_steps", "5",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--seed", str(cfg.seed),
+    ]
+    for key, value in settings.items():
+        if value is not None:
+            argv += [f"--{key}", str(value)]
+    _run_command("finetune", argv)
+    _copy_trainer_state(run_dir, out)
+    return out
+
+
+def _copy_trainer_state(run_dir: Path, out: Path) -> None:
+    """Keep the training log next to the exported model (the model card reads it from there)."""
+    for name in ("trainer_state.json", "training_args.json", "run_info.json"):
+        if (run_dir / name).is_file() and out.is_dir():
+            shutil.copyfile(run_dir / name, out / name)
+
+
+def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dict:
+    """nDCG@10, MRR@10, Recall@100, MAP on the test collection; cached as results/<label>.json."""
+    from trainers.beir import load_beir
+    from trainers.evaluation import evaluate_model
+
+    path = cfg.root / "results" / f"{label}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    dataset = load_beir(beir_dir, split="test")
+    started = time.perf_counter()
+    evaluation = evaluate_model(str(model), dataset, top_k=100, batch_size=cfg.eval_batch_size, show_progress=True)
+    record = {
+        "label": label,
+        "model": str(model),
+        "dataset": "debian-descriptions",
+        "split": "test",
+        "seconds": round(time.perf_counter() - started, 1),
+        **evaluation.result.to_dict(),
+        "per_query": evaluation.result.per_query,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return record
+
+
+def check_export(hub: Path, source: Path, beir_dir: Path, n: int = 16) -> dict:
+    """Embeddings of the exported folder (sentence-transformers) against the source model's."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from trainers.beir import load_beir
+
+    dataset = load_beir(beir_dir, split="test")
+    queries = list(dataset.eval_queries.values())[:n]
+    docs = dataset.passages()[1][:n]
+    exported = SentenceTransformer(str(hub), trust_remote_code=True, device="cpu")
+    original = SentenceTransformer(str(source), trust_remote_code=True, device="cpu")
+    diff = max(
+        float(np.abs(exported.encode_query(queries) - original.encode_query(queries)).max()),
+        float(np.abs(exported.encode_document(docs) - original.encode_document(docs)).max()),
+    )
+    if diff > 1e-4:
+        raise RuntimeError(f"the exported model embeds differently from {source}: max difference {diff:.2e}")
+    return {"texts": len(queries) + len(docs), "max_abs_diff": diff}
+
+
+def save_config(cfg: PipelineConfig) -> None:
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    (cfg.root / "pipeline_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def loss_curve(model_dir: Path) -> list[tuple[int, float]]:
+    state = model_dir / "trainer_state.json"
+    if not state.is_file():
+        return []
+    history = json.loads(state.read_text()).get("log_history", [])
+    return [(row["step"], row["loss"]) for row in history if "loss" in row and "step" in row]
+
+
+def plot(results: list[dict], curves: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """Bar chart of nDCG@10 / MRR@10 per model and the training loss curves, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(curves), figsize=(5 + 4 * len(curves), 4))
+    axes = list(axes) if len(curves) else [axes]
+    labels = [r["label"] for r in results]
+    ndcg = [r["metrics"]["ndcg@10"] for r in results]
+    mrr = [r["metrics"]["mrr@10"] for r in results]
+    xs = range(len(labels))
+    axes[0].bar([x - 0.2 for x in xs], ndcg, width=0.4, label="nDCG@10")
+    axes[0].bar([x + 0.2 for x in xs], mrr, width=0.4, label="MRR@10")
+    axes[0].set_xticks(list(xs), labels, rotation=30, ha="right")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("held-out Debian queries")
+    axes[0].legend()
+    for axis, (name, curve) in zip(axes[1:], curves.items()):
+        if curve:
+            axis.plot([s for s, _ in curve], [v for _, v in curve])
+        axis.set_title(f"{name} loss")
+        axis.set_xlabel("step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_table(results: list[dict]) -> str:
+    header = f"{'model':<28} {'nDCG@10':>8} {'MRR@10':>8} {'R@100':>8} {'MAP':>8}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        m = r["metrics"]
+        lines.append(f"{r['label']:<28} {m['ndcg@10']:>8.4f} {m['mrr@10']:>8.4f} {m['recall@100']:>8.4f} {m['map']:>8.4f}")
+    return "\n".join(lines)

