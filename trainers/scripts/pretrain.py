@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if resume in ("auto", "last", "latest"):
         resume = get_last_checkpoint(training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
+    from trainers.run_records import save_run_records
+
+    save_run_records(trainer, objective=f"ebae/ebar ({training_args.loss_mode})", datasets=data_args.train_files)
     out = export_pretrained(trainer, tokenizer, model_args)
     if out is not None:
         stats = getattr(trainer.train_dataset, "stats", None)

@@ -1,0 +1,184 @@
+"""LoRA for LLaRA: what is trainable, training moves it, merge gives a full model with the same embeddings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import save_tiny_base
+
+from trainers.lora import DEFAULT_TARGET_MODULES, apply_lora, merge_lora
+
+TEXTS = ["debian kernel image", "a font for the console", "", "python library for tests <s1>"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+
+
+def _perturb(peft_model, scale=0.05, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=gen) * scale)
+
+
+def _embeddings(model, builder, task):
+    from modeling_llara import encode
+
+    model.eval()
+    return encode(model, builder, TEXTS, task=task, batch_size=2)
+
+
+def test_only_adapters_and_special_rows_are_trainable(tiny_llara_dir):
+    from modeling_llara import LlaraModel
+
+    model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or ("trainable_tokens_delta" in n) for n in trainable)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n}
+    assert adapted == set(DEFAULT_TARGET_MODULES)
+    wrapper = model.get_input_embeddings()
+    special = sorted(model.config.summarize_token_ids + model.config.predict_token_ids)
+    assert sorted(wrapper.token_adapter.token_indices["default"]) == special
+
+
+def test_bad_lora_arguments(tiny_llara_dir):
+    from modeling_llara import LlaraModel
+
+    model = LlaraModel.from_pretrained(tiny_llara_dir)
+    with pytest.raises(ValueError, match="do not exist"):
+        apply_lora(model, target_modules=("nope_proj",))
+    with pytest.raises(ValueError, match="outside the embedding"):
+        apply_lora(model, special_token_ids=[10_000])
+
+
+def test_training_steps_change_every_trainable_parameter_and_only_special_rows(tiny_llara_dir):
+    from modeling_llara import LlaraInputBuilder, LlaraModel
+    from trainers.finetuning.collator import LlaraContrastiveCollator
+    from trainers.finetuning.loss import LlaraContrastiveLoss
+
+    # Given a LoRA model and a few contrastive steps
+    torch.manual_seed(0)
+    model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, dropout=0.0)
+    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), model.config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    embed_before = model.get_input_embeddings()(torch.arange(model.config.get_text_config().vocab_size)).detach()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    collator = LlaraContrastiveCollator(builder, 72, 88)
+    loss_fn = LlaraContrastiveLoss(temperature=0.05)
+    batch = collator([{"query": f"query {i}", "passages": [f"answer {i}", f"other {i}"]} for i in range(3)])
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss_fn(model, batch).backward()
+        optimizer.step()
+    # Then every trainable tensor moved, and of the embedding matrix only the 16 special rows did
+    for name, value in before.items():
+        assert not torch.equal(value, dict(model.named_parameters())[name].detach()), name
+    embed_after = model.get_input_embeddings()(torch.arange(embed_before.shape[0])).detach()
+    changed = (embed_after != embed_before).any(-1).nonzero().flatten().tolist()
+    assert changed == sorted(model.config.summarize_token_ids + model.config.predict_token_ids)
+
+
+_LOAD_IN_FRESH_PROCESS = """
+import json, sys, torch
+from transformers import AutoModel, AutoTokenizer
+from importlib import import_module
+texts = json.loads(sys.argv[1])
+results = {}
+for path in sys.argv[2:]:
+    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    mod = import_module(type(model).__module__)
+    builder = mod.LlaraInputBuilder(tok, model.config)
+    out = {task: mod.encode(model, builder, texts, task=task, batch_size=2).tolist() for task in ("query", "document")}
+    out["class"] = type(model).__name__
+    out["peft"] = "peft" in sys.modules
+    results[path] = out
+print(json.dumps(results))
+"""
+
+
+def _fresh_process_embeddings(*folders) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, json.dumps(TEXTS), *map(str, folders)],
+        env=env, cwd="/", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_merged_model_loads_with_automodel_and_matches_base_plus_adapter(tiny_llara_dir, tmp_path):
+    from modeling_llara import LlaraInputBuilder, LlaraModel
+    from trainers.convert import save_llara
+    from trainers.scripts.merge import main as merge_main
+
+    # Given a base model with a (perturbed, i.e. trained-looking) adapter saved by peft
+    tokenizer = _tokenizer(tiny_llara_dir)
+    peft_model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4)
+    _perturb(peft_model)
+    builder = LlaraInputBuilder(tokenizer, peft_model.config)
+    expected = {task: _embeddings(peft_model, builder, task) for task in ("query", "document")}
+    peft_model.save_pretrained(tmp_path / "adapter")
+    # When it is merged in memory and saved, and merged from disk by `llara merge`
+    merged = merge_lora(peft_model)
+    assert type(merged) is LlaraModel
+    save_llara(merged, tokenizer, tmp_path / "merged", overwrite=True)
+    assert merge_main(["--base", str(tiny_llara_dir), "--adapter", str(tmp_path / "adapter"),
+                       "--out", str(tmp_path / "merged-cli")]) == 0
+    # Then both load through AutoModel(trust_remote_code=True) in a fresh process, without peft,
+    # and embed like base + adapter within 1e-5
+    results = _fresh_process_embeddings(tmp_path / "merged", tmp_path / "merged-cli")
+    for folder in ("merged", "merged-cli"):
+        got = results[str(tmp_path / folder)]
+        assert got["class"] == "LlaraModel" and not got["peft"]
+        for task in ("query", "document"):
+            assert torch.allclose(torch.tensor(got[task]), expected[task], atol=1e-5), (folder, task)
+    # and the merge did change the embeddings (the adapter was not a no-op)
+    base = _embeddings(LlaraModel.from_pretrained(tiny_llara_dir), builder, "query")
+    assert not torch.allclose(base, expected["query"], atol=1e-3)
+
+
+def test_merge_with_tied_lm_head_keeps_the_tie(tmp_path):
+    from modeling_llara import LlaraForPretraining
+    from trainers.convert import convert
+
+    # Given a tiny backbone with tied input/output embeddings (like SmolLM2)
+    base = save_tiny_base(tmp_path / "base", tie_word_embeddings=True)
+    folder = convert(str(base), tmp_path / "llara")
+    model = LlaraForPretraining.from_pretrained(folder)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    peft_model = apply_lora(model, r=4)
+    _perturb(peft_model)
+    ids = torch.tensor([model.config.summarize_token_ids + [5, 6, 7]])
+    peft_model.eval()
+    with torch.no_grad():
+        hidden = peft_model.base_model.model.model(input_ids=ids).last_hidden_state
+        logits = peft_model.base_model.model.lm_head(hidden)
+    # When merged
+    merged = merge_lora(peft_model)
+    # Then the LM head is still the (updated) embedding matrix and the outputs match
+    assert merged.lm_head.weight is merged.model.embed_tokens.weight
+    with torch.no_grad():
+        hidden2 = merged.model(input_ids=ids).last_hidden_state
+    assert torch.allclose(hidden, hidden2, atol=1e-5)
+    assert torch.allclose(logits, merged.lm_head(hidden2), atol=1e-4)

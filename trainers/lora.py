@@ -1,0 +1,164 @@
+"""LoRA for LLaRA models: adapters on the attention and MLP projections, the special-token rows trainable.
+
+The released LLaRA fine-tuning recipe (REFERENCE.md 3) puts LoRA (r=64, alpha=16, dropout 0.1) on
+``q,k,v,o,gate,up,down``. The 16 special tokens ``<s1>..<s16>`` are new rows of the embedding matrix:
+under plain LoRA they would stay frozen at their initialization (the mean row written by ``llara init``),
+so :func:`apply_lora` also makes exactly those rows trainable with peft's ``trainable_token_indices``
+(a 16 x hidden delta, not the whole vocabulary as ``modules_to_save`` would). When the backbone ties its
+LM head to the input embeddings (SmolLM2), peft ties the trainable rows of both.
+
+:func:`merge_lora` folds adapters and token deltas back into the weights and returns the plain
+``LlaraModel`` / ``LlaraForPretraining``, which ``trainers.convert.save_llara`` writes as a full model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# The released LLaRA fine-tuning recipe (FlagEmbedding research/LLARA).
+DEFAULT_LORA_R = 64
+DEFAULT_LORA_ALPHA = 16
+DEFAULT_LORA_DROPOUT = 0.1
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _special_token_ids(model) -> list[int]:
+    config = model.config
+    ids = list(config.summarize_token_ids or []) + list(config.predict_token_ids or [])
+    if not ids:
+        raise ValueError(
+            "the model config holds no summarize_token_ids / predict_token_ids: build the model with "
+            "`llara init` (or pass special_token_ids explicitly)"
+        )
+    return ids
+
+
+def _embedding_module_name(model) -> str:
+    embeddings = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embeddings:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("the input embedding module of the model could not be found by name")
+
+
+def _quiet_peft_call(fn, *args, **kwargs):
+    # peft 0.21 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated in favour of
+    # ``is_activation_checkpointing``; the FutureWarning is the libraries' business, not the caller's.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return fn(*args, **kwargs)
+
+
+def lora_config(
+    model,
+    r: int = DEFAULT_LORA_R,
+    alpha: int = DEFAULT_LORA_ALPHA,
+    dropout: float = DEFAULT_LORA_DROPOUT,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    train_special_tokens: bool = True,
+    special_token_ids: Sequence[int] | None = None,
+):
+    """The ``peft.LoraConfig`` that :func:`apply_lora` uses (exposed for saving/inspection)."""
+    from peft import LoraConfig
+
+    if r < 1:
+        raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    target_modules = list(target_modules)
+    if not target_modules:
+        raise ValueError("target_modules is empty: name the linear layers to adapt (e.g. q_proj, v_proj)")
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in present]
+    if missing:
+        raise ValueError(f"target modules {missing} do not exist in the model (its module names end in e.g. "
+                         f"{sorted(n for n in present if n.endswith('proj'))[:8]})")
+    trainable_tokens = None
+    if train_special_tokens:
+        ids = list(special_token_ids) if special_token_ids is not None else _special_token_ids(model)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        bad = [i for i in ids if not 0 <= int(i) < vocab]
+        if bad:
+            raise ValueError(f"special token ids {bad} are outside the embedding matrix (vocab {vocab})")
+        trainable_tokens = {_embedding_module_name(model): sorted({int(i) for i in ids})}
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        trainable_token_indices=trainable_tokens,
+        bias="none",
+    )
+
+
+def apply_lora(
+    model,
+    r: int = DEFAULT_LORA_R,
+    alpha: int = DEFAULT_LORA_ALPHA,
+    dropout: float = DEFAULT_LORA_DROPOUT,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    train_special_tokens: bool = True,
+    special_token_ids: Sequence[int] | None = None,
+):
+    """Wrap a LLaRA model (``LlaraModel`` or ``LlaraForPretraining``) in a peft LoRA model.
+
+    Every base weight is frozen; LoRA A/B matrices on ``target_modules`` and (when
+    ``train_special_tokens``) the embedding rows of ``special_token_ids`` (default: the config's
+    ``summarize_token_ids + predict_token_ids``) are trainable. Returns a ``peft.PeftModel`` whose
+    ``forward`` is the LLaRA model's forward.
+    """
+    from peft import get_peft_model
+
+    config = lora_config(
+        model,
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=target_modules,
+        train_special_tokens=train_special_tokens,
+        special_token_ids=special_token_ids,
+    )
+    peft_model = _quiet_peft_call(get_peft_model, model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", r, alpha, list(target_modules),
+                trainable, total)
+    return peft_model
+
+
+def load_lora(model, adapter_dir, is_trainable: bool = False):
+    """Attach a saved adapter (a peft ``save_pretrained`` folder or Trainer checkpoint) to ``model``."""
+    from peft import PeftModel
+
+    return _quiet_peft_call(PeftModel.from_pretrained, model, str(adapter_dir), is_trainable=is_trainable)
+
+
+def merge_lora(peft_model):
+    """Fold LoRA adapters and trainable token rows into the weights; returns the plain LLaRA model.
+
+    The returned object is the wrapped class itself (``LlaraModel`` / ``LlaraForPretraining``), so
+    ``save_pretrained`` / ``trainers.convert.save_llara`` write a full model that loads without peft.
+    """
+    if not hasattr(peft_model, "merge_and_unload"):
+        raise TypeError(f"expected a peft model, got {type(peft_model).__name__}")
+    with torch.no_grad():
+        merged = _quiet_peft_call(peft_model.merge_and_unload, progressbar=False, safe_merge=True)
+    return merged
+
+
+__all__ = [
+    "DEFAULT_LORA_ALPHA",
+    "DEFAULT_LORA_DROPOUT",
+    "DEFAULT_LORA_R",
+    "DEFAULT_TARGET_MODULES",
+    "apply_lora",
+    "load_lora",
+    "lora_config",
+    "merge_lora",
+]

@@ -1,0 +1,35 @@
+"""What a training run leaves next to its checkpoints for the model card: the Trainer state (loss log),
+the training arguments as JSON, and a short run description (objective, data, hardware)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+
+def hardware_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"{torch.cuda.device_count()} x {name}"
+    cores = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {cores} threads)"
+
+
+def save_run_records(trainer, objective: str, datasets: list[str] | None = None) -> None:
+    """Write trainer_state.json, training_args.json and run_info.json into ``trainer.args.output_dir``."""
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    (out / "training_args.json").write_text(trainer.args.to_json_string())
+    info = {
+        "objective": objective,
+        "hardware": hardware_description(),
+        "world_size": trainer.args.world_size,
+        "datasets": [str(d) for d in (datasets or [])],
+    }
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
