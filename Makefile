@@ -11,7 +11,7 @@ OUT ?= outputs
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run demo test test-slow bench clean
+.PHONY: install run demo test test-slow bench-compare clean
 
 install: $(STAMP)
 
@@ -28,9 +28,13 @@ $(STAMP): requirements.txt setup.py
 	touch $@
 
 run: install
+	$(VENV)/bin/llara pipeline --out $(OUT)/pipeline
+
+demo: install
 	$(VENV)/bin/llara demo --out $(OUT)/demo
 
-demo: run
+bench-compare: install
+	$(PY) benchmarks/paper_comparison.py --reuse $(OUT)/pipeline --out $(OUT)/paper_comparison --seeds 0
 
 test: install
 	$(PY) -m pytest

@@ -137,7 +137,7 @@ def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
         "--save_strategy", "no",
         "--report_to", "none",
         "--seed", str(cfg.seed),
-        "--disable_tqdm", "false",
+        "--dataloader_pin_memory", "false",
     ]
     for key, value in settings.items():
         if value is not None:
@@ -176,16 +176,17 @@ def finetune(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
         "--model_name_or_path", str(base),
         "--train_data", str(data),
         "--output_dir", str(run_dir),
-        "--export_dir", str(out),
+        "--final_dir", str(out),
         "--group_size", str(cfg.group_size),
         "--query_max_length", str(cfg.query_max_length),
         "--passage_max_length", str(cfg.passage_max_length),
         "--per_device_train_batch_size", str(cfg.finetune_batch_size),
-        "--warmup_ratio", "0.1",
+        "--warmup_steps", "0.1",
         "--logging_steps", "5",
         "--save_strategy", "no",
         "--report_to", "none",
         "--seed", str(cfg.seed),
+        "--dataloader_pin_memory", "false",
     ]
     for key, value in settings.items():
         if value is not None:
