@@ -134,7 +134,6 @@ def test_mteb_run_cli_with_local_llara_and_beir(collection, tiny_llara_dir, tmp_
     assert any(f.name.startswith("Beir") for f in files)
 
 
-@pytest.mark.slow
 def test_mock_run_cli_passes_for_llara(tiny_llara_dir, tmp_path, monkeypatch):
     from trainers.scripts import mteb as mteb_script
 

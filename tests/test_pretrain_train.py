@@ -165,7 +165,6 @@ def test_lora_recipe_trains_special_rows_and_exports_a_loadable_model(tiny_llara
     assert vec.shape == (1, 32) and torch.isfinite(vec).all()
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
     corpus = _corpus(tmp_path / "c.txt")
     out = tmp_path / "ddp"

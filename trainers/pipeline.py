@@ -111,28 +111,11 @@ def init_model(cfg: PipelineConfig, out: Path | None = None) -> Path:
     return out
 
 
-def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
-    """Stage 1 (full-parameter, as released) from a LLaRA folder with an LM head."""
-    out = out or cfg.root / "models" / "pretrained"
-    if _done(out):
-        return out
+def _train(command: str, cfg: PipelineConfig, out: Path, argv: list[str], settings: dict) -> Path:
+    """Run a training command with the pipeline's common Trainer flags; keep its log next to ``out``."""
     run_dir = out.parent / f"{out.name}-run"
-    settings = {
-        "loss_mode": cfg.loss_mode,
-        "ebae_weight": cfg.ebae_weight,
-        "ebar_weight": cfg.ebar_weight,
-        "learning_rate": cfg.pretrain_lr,
-        "max_steps": cfg.pretrain_steps,
-        **overrides,
-    }
-    argv = [
-        "--model_name_or_path", str(base),
-        "--train_files", str(data),
+    argv = argv + [
         "--output_dir", str(run_dir),
-        "--export_dir", str(out),
-        "--max_length", str(cfg.pretrain_max_length),
-        "--per_device_train_batch_size", str(cfg.pretrain_batch_size),
-        "--warmup_ratio", "0.1",
         "--logging_steps", "5",
         "--save_strategy", "no",
         "--report_to", "none",
@@ -142,9 +125,33 @@ def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
     for key, value in settings.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
-    _run_command("pretrain", argv)
+    _run_command(command, argv)
     _copy_trainer_state(run_dir, out)
     return out
+
+
+def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
+    """Stage 1 (full-parameter, as released) from a LLaRA folder with an LM head."""
+    out = out or cfg.root / "models" / "pretrained"
+    if _done(out):
+        return out
+    argv = [
+        "--model_name_or_path", str(base),
+        "--train_files", str(data),
+        "--export_dir", str(out),
+        "--max_length", str(cfg.pretrain_max_length),
+        "--per_device_train_batch_size", str(cfg.pretrain_batch_size),
+        "--warmup_ratio", "0.1",
+    ]
+    settings = {
+        "loss_mode": cfg.loss_mode,
+        "ebae_weight": cfg.ebae_weight,
+        "ebar_weight": cfg.ebar_weight,
+        "learning_rate": cfg.pretrain_lr,
+        "max_steps": cfg.pretrain_steps,
+        **overrides,
+    }
+    return _train("pretrain", cfg, out, argv, settings)
 
 
 def mine(cfg: PipelineConfig, train: Path, model: str | None = None) -> Path:
@@ -164,7 +171,16 @@ def finetune(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
     out = out or cfg.root / "models" / "finetuned"
     if _done(out):
         return out
-    run_dir = out.parent / f"{out.name}-run"
+    argv = [
+        "--model_name_or_path", str(base),
+        "--train_data", str(data),
+        "--final_dir", str(out),
+        "--group_size", str(cfg.group_size),
+        "--query_max_length", str(cfg.query_max_length),
+        "--passage_max_length", str(cfg.passage_max_length),
+        "--per_device_train_batch_size", str(cfg.finetune_batch_size),
+        "--warmup_steps", "0.1",
+    ]
     settings = {
         "learning_rate": cfg.finetune_lr,
         "max_steps": cfg.finetune_steps,
@@ -172,28 +188,7 @@ def finetune(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
         "temperature": cfg.temperature,
         **overrides,
     }
-    argv = [
-        "--model_name_or_path", str(base),
-        "--train_data", str(data),
-        "--output_dir", str(run_dir),
-        "--final_dir", str(out),
-        "--group_size", str(cfg.group_size),
-        "--query_max_length", str(cfg.query_max_length),
-        "--passage_max_length", str(cfg.passage_max_length),
-        "--per_device_train_batch_size", str(cfg.finetune_batch_size),
-        "--warmup_steps", "0.1",
-        "--logging_steps", "5",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--seed", str(cfg.seed),
-        "--dataloader_pin_memory", "false",
-    ]
-    for key, value in settings.items():
-        if value is not None:
-            argv += [f"--{key}", str(value)]
-    _run_command("finetune", argv)
-    _copy_trainer_state(run_dir, out)
-    return out
+    return _train("finetune", cfg, out, argv, settings)
 
 
 def _copy_trainer_state(run_dir: Path, out: Path) -> None:
