@@ -168,7 +168,9 @@ def _apply_training_args(summary: TrainingSummary, args: dict[str, Any]) -> None
     if _finite(args.get("warmup_ratio")):
         summary.warmup = f"{args['warmup_ratio']:g} of the steps"
     elif isinstance(args.get("warmup_steps"), (int, float)) and args["warmup_steps"]:
-        summary.warmup = f"{args['warmup_steps']:g} steps"
+        # transformers 5 reads a warmup_steps value below 1 as a fraction of all steps
+        steps = args["warmup_steps"]
+        summary.warmup = f"{steps:g} of the steps" if steps < 1 else f"{steps:g} steps"
     if args.get("bf16"):
         summary.precision = "bf16"
     elif args.get("fp16"):

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "--model", str(finetuned), "--out", str(hub), "--overwrite",
         "--results", str(cfg.root / "results" / "llara-finetuned.json"),
         "--training-dir", str(finetuned),
+        "--name", "llara-smollm2-135m-debian",
+        "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct",
     ])
     step(9, "load the export back through sentence-transformers and compare with the fine-tuned model")
     check = p.check_export(hub, finetuned, data["test"])
