@@ -68,17 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     from modeling_llara import LlaraInputBuilder, encode
-    from trainers.convert import convert
+    from trainers.convert import cached_default_llara
     from trainers.debian_data import load_pairs
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = args.model
-    if folder is None:
-        folder = args.cache
-        if not (Path(folder) / "config.json").is_file():
-            print(f"converting the embedded SmolLM2 into {folder} ...")
-            convert(None, folder, overwrite=True)
+    folder = args.model or str(cached_default_llara(args.cache))
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     builder = LlaraInputBuilder(tokenizer, model.config)

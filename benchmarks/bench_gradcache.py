@@ -10,7 +10,7 @@ Memory without GradCache grows with the batch: on SmolLM2-135M (LoRA on all proj
 passages) about 0.4 GB per passage on CPU, so the default 128 passages need a GPU or a machine with
 well over 50 GB; ``--quick`` (32 passages) fits in ~14 GB.
 
-    python benchmarks/bench_gradcache.py [--model /tmp/llara-smol] [--quick]
+    python benchmarks/bench_gradcache.py [--model DIR] [--quick]
 
 Prints a table and writes ``benchmarks/results/gradcache.json``.
 """
@@ -31,7 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="/tmp/llara-smol", help="LLaRA model folder (default /tmp/llara-smol)")
+    parser.add_argument("--model", default=None, help="LLaRA model folder (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     parser.add_argument("--queries", type=int, default=8, help="queries per batch (default 8)")
     parser.add_argument("--group-size", type=int, default=16, help="passages per query (default 16: 128 passages)")
     parser.add_argument("--chunk", type=int, default=16, help="GradCache chunk size in rows (default 16)")
@@ -144,6 +144,10 @@ def worker(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.model is None:
+        from trainers.convert import cached_default_llara
+
+        args.model = str(cached_default_llara())
     if args.quick:
         args.queries, args.group_size, args.chunk = 4, 8, 8
     if args.out is None:

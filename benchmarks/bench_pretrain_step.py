@@ -15,7 +15,7 @@ each variant runs in a fresh subprocess; on CPU the figure is the growth of peak
 Prints a table and writes benchmarks/results/pretrain_step.json.
 
     python benchmarks/bench_pretrain_step.py --quick
-    python benchmarks/bench_pretrain_step.py --model /tmp/llara-smol --batch 8 --steps 5
+    python benchmarks/bench_pretrain_step.py --batch 8 --steps 5
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ WORDS = ("retrieval models embed passages so that relevant queries land near the
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: /tmp/llara-smol, else the embedded SmolLM2 converted)")
+    p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     p.add_argument("--models", default="tiny,smollm2", help="comma list of: tiny (hidden 64, 2 layers, SmolLM2 vocab), smollm2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
@@ -65,7 +65,7 @@ def load(name: str, args):
     from modeling_llara import LlaraForPretraining
     from trainers.pretraining.run import PretrainingModelArguments, load_pretraining_model
 
-    source = args.model or ("/tmp/llara-smol" if Path("/tmp/llara-smol/config.json").is_file() else None)
+    source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
     if source:
         model = LlaraForPretraining.from_pretrained(source, attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="/tmp/llara-smol", help="LLaRA-initialized model folder (llara init)")
+    parser.add_argument("--model", default=None, help="LLaRA-initialized model folder (llara init) (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     parser.add_argument("--out", default="runs/finetune_real_run", help="output folder")
     parser.add_argument("--max-steps", type=int, default=40, help="training steps (default 40)")
     parser.add_argument("--batch-size", type=int, default=8, help="queries per step (default 8)")
@@ -79,6 +79,10 @@ def evaluate(model, builder, collection, args, desc: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.model is None:
+        from trainers.convert import cached_default_llara
+
+        args.model = str(cached_default_llara())
     if args.quick:
         args.n_train, args.n_test_queries, args.n_test_corpus = 200, 50, 300
         args.passage_max_length = min(args.passage_max_length, 128)

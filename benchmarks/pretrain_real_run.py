@@ -30,7 +30,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="LLaRA folder with LM head (default: /tmp/llara-smol if present, else the embedded SmolLM2)")
+    p.add_argument("--model", default=None, help="LLaRA folder with LM head (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = make_splits(load_pairs(), seed=args.seed, n_test_queries=args.queries, n_test_corpus=args.corpus,
                          n_pretrain_docs=args.pretrain_docs)
     corpus_file = write_pretraining_text(splits.pretrain_docs, work / "pretrain.jsonl")
-    source = args.model or ("/tmp/llara-smol" if Path("/tmp/llara-smol/config.json").is_file() else None)
+    source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
     model_args = PretrainingModelArguments(model_name_or_path=source, export_dir=str(work / "final"))
     data_args = PretrainingDataArguments(train_files=[str(corpus_file)], max_length=args.max_length, on_error="skip",
                                          remove_stopwords=True)

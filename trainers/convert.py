@@ -184,3 +184,15 @@ def convert(
     model, tokenizer, has_head = load_base(src, dtype=dtype, trust_remote_code=trust_remote_code)
     llara, tokenizer = build_llara(model, tokenizer, has_head, **config_overrides)
     return save_llara(llara, tokenizer, out, overwrite=overwrite)
+
+
+DEFAULT_CACHE = Path("outputs/cache/smollm2-llara")
+
+
+def cached_default_llara(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The embedded SmolLM2 converted once into ``cache_dir`` (benchmarks share it); returns its path."""
+    folder = Path(cache_dir or DEFAULT_CACHE)
+    if not (folder / "config.json").is_file():
+        logger.info("converting the embedded SmolLM2 into %s", folder)
+        convert(None, folder, overwrite=True)
+    return folder
