@@ -204,6 +204,57 @@ def dual_suffix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) ->
     return mask[:, None]  # (batch, 1, seq, seq)
 
 
+class _LinearCrossEntropySum(torch.autograd.Function):
+    """Summed cross-entropy of ``states @ weight.T`` against ``targets``, chunk by chunk, gradients in forward.
+
+    Each chunk's (chunk, vocab) logits exist only inside the loop: the forward pass computes the loss and
+    at once its gradients (softmax minus one-hot, then two matmuls) and keeps only those, shaped like the
+    inputs. Backward only scales them. Same arithmetic as autograd on ``lm_head(states).float()`` with
+    ``cross_entropy(reduction="sum")`` (logits in the weight's dtype, softmax in fp32), without the second
+    logits computation a recomputing checkpoint pays.
+    """
+
+    @staticmethod
+    def forward(ctx, states, weight, targets, chunk_size):  # states (tokens, hidden), weight (vocab, hidden)
+        need_states, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_states = torch.zeros_like(states) if need_states else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        for start in range(0, states.shape[0], chunk_size):
+            chunk = states[start : start + chunk_size]  # (chunk, hidden)
+            chunk_targets = targets[start : start + chunk_size]  # (chunk,)
+            logits = (chunk @ weight.T).float()  # (chunk, vocab)
+            log_norm = torch.logsumexp(logits, dim=-1)  # (chunk,)
+            total += (log_norm - logits.gather(1, chunk_targets[:, None]).squeeze(1)).sum()
+            if need_states or need_weight:
+                grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place: (chunk, vocab)
+                grad_logits[torch.arange(chunk.shape[0], device=chunk.device), chunk_targets] -= 1.0
+                grad_logits = grad_logits.to(weight.dtype)
+                if need_states:
+                    grad_states[start : start + chunk_size] = grad_logits @ weight
+                if need_weight:
+                    grad_weight += (grad_logits.T @ chunk).float()
+            del logits
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_states, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_states, grad_weight = ctx.saved_tensors
+        if grad_states is not None:
+            grad_states = grad_states * grad_total.to(grad_states.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_states, grad_weight, None, None
+
+
+def _is_partitioned(weight: torch.Tensor) -> bool:
+    """True for a parameter that DeepSpeed ZeRO-3 (``ds_id``) or a sharding wrapper holds outside its module
+    call: its full value only exists inside ``module.forward``, so it must be used through the module."""
+    return hasattr(weight, "ds_id") or weight.dim() != 2
+
+
 @dataclass
 class LlaraPretrainingOutput(ModelOutput):
     """Outputs of one EBAE/EBAR pass.
@@ -234,8 +285,8 @@ class LlaraForPretraining(LlaraPreTrainedModel):
     parts, see ``SEGMENT_*``) with the positions of :func:`dual_suffix_positions` and the mask of
     :func:`dual_suffix_attention_mask`; both suffixes' states equal those of two separate passes.
     LM-head logits are computed only at the 2 x ``num_pooled_tokens`` special positions and, when
-    ``lm_labels`` are given, over the labelled text tokens in chunks of ``lm_chunk_size`` that are
-    recomputed in the backward pass, so (batch, seq, vocab) logits never exist at once.
+    ``lm_labels`` are given, over the labelled text tokens in chunks of ``lm_chunk_size`` whose gradients
+    are taken as each chunk is computed, so (batch, seq, vocab) logits never exist at once.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -270,13 +321,23 @@ class LlaraForPretraining(LlaraPreTrainedModel):
         return mask
 
     def _chunked_lm_loss(self, hidden: torch.Tensor, lm_labels: torch.Tensor, chunk_size: int):
-        """Mean cross-entropy of ``lm_labels`` (already aligned: label at p is predicted from p)."""
+        """Mean cross-entropy of ``lm_labels`` (already aligned: label at p is predicted from p).
+
+        Logits exist one chunk of ``chunk_size`` tokens at a time. The default path
+        (:class:`_LinearCrossEntropySum`) takes the gradients inside the forward loop; when the LM head's
+        weight is partitioned (DeepSpeed ZeRO-3) or has a bias, each chunk goes through the module under
+        a recomputing checkpoint instead (one more logits matmul per chunk in backward).
+        """
         keep = lm_labels != -100  # (batch, seq)
         states = hidden[keep]  # (tokens, hidden): padding and suffix positions never reach the LM head
         targets = lm_labels[keep]  # (tokens,)
         count = targets.numel()
         if count == 0:
             return hidden.sum() * 0.0, torch.zeros((), dtype=torch.long, device=hidden.device)
+        weight = self.lm_head.weight
+        if self.lm_head.bias is None and not _is_partitioned(weight):
+            total = _LinearCrossEntropySum.apply(states, weight, targets, chunk_size)
+            return total / count, torch.tensor(count, device=hidden.device)
 
         def chunk_loss(chunk_states: torch.Tensor, chunk_targets: torch.Tensor) -> torch.Tensor:
             logits = self.lm_head(chunk_states).float()  # (chunk, vocab)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import modeling_llara.modeling_llara as llara_impl
 from modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel
 from modeling_llara.modeling_llara import (
     SEGMENT_PAD,
@@ -118,13 +119,16 @@ def test_bf16_left_padding_has_no_nan(tiny_llara_dir, tokenizer, impl):
     assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_chunked_lm_loss_matches_full_logits(tiny_llara_dir, tokenizer):
-    # Given labels over the text part only
+@pytest.mark.parametrize("path", ["fused", "checkpoint"])
+def test_chunked_lm_loss_matches_full_logits(tiny_llara_dir, tokenizer, path, monkeypatch):
+    # Given labels over the text part only, and the fused path or the module-call fallback (ZeRO-3)
+    if path == "checkpoint":
+        monkeypatch.setattr(llara_impl, "_is_partitioned", lambda weight: True)
     model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa").train()
     collator = PretrainingCollator(tokenizer, model.config, max_length=190)
     batch = collator([{"input": t, "next": None} for t in TEXTS])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
-    # When the loss runs in chunks of 7 tokens (recomputed in backward)
+    # When the loss runs in chunks of 7 tokens
     out = model(**inputs, lm_chunk_size=7)
     out.lm_loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -158,3 +162,25 @@ def test_rejects_flash_attention_and_bad_segments(tiny_llara_dir, tokenizer):
     with pytest.raises(ValueError, match="4D mask"):
         model(input_ids=batch["input_ids"], segment_ids=batch["segment_ids"])
     assert SEGMENT_PAD == 0
+
+
+def test_fused_lm_loss_with_frozen_head_and_bf16(tiny_llara_dir, tokenizer):
+    # Given a frozen LM head (LoRA) in bf16: only the states need gradients
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa", dtype=torch.bfloat16).train()
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190)
+    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
+    model.lm_head.weight.requires_grad_(False)  # tied: the embedding freezes with it
+    states = model(**inputs).last_hidden_state.detach()
+    keep = batch["lm_labels"] != -100
+    # When the fused chunked loss and autograd on full logits see the same states
+    fused_states = states[keep].clone().requires_grad_(True)
+    fused = llara_impl._LinearCrossEntropySum.apply(fused_states, model.lm_head.weight, batch["lm_labels"][keep], 5)
+    (fused * 0.5).backward()
+    ref_states = states[keep].clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(model.lm_head(ref_states).float(), batch["lm_labels"][keep], reduction="sum")
+    (ref * 0.5).backward()
+    # Then values and gradients agree to bf16 precision, and the frozen weight gets none
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fused_states.grad.float(), ref_states.grad.float(), rtol=2e-2, atol=1e-3)
+    assert model.lm_head.weight.grad is None

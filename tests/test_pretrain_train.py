@@ -165,6 +165,41 @@ def test_lora_recipe_trains_special_rows_and_exports_a_loadable_model(tiny_llara
     assert vec.shape == (1, 32) and torch.isfinite(vec).all()
 
 
+def test_sharded_lora_export_path_equals_direct_merge(tiny_llara_dir, tmp_path):
+    from trainers.pretraining.data import PretrainingDataArguments
+    from trainers.pretraining.run import PretrainingModelArguments, build_pretrainer, export_pretrained, export_saved_adapter
+    from trainers.pretraining.trainer import PretrainingArguments
+
+    # Given a short LoRA run (the in-process trainer: its live model is the peft model)
+    corpus = _corpus(tmp_path / "c.txt", docs=6)
+    model_args = PretrainingModelArguments(model_name_or_path=str(tiny_llara_dir), use_lora=True, lora_r=4, lora_alpha=8,
+                                           lora_target_modules=["q_proj", "v_proj"])
+
+    trainer, tokenizer = build_pretrainer(
+        model_args,
+        PretrainingDataArguments(train_files=[str(corpus)], max_length=190, chunk_tokens=200),
+        PretrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, disable_tqdm=True,
+                             save_strategy="no", logging_strategy="no", max_steps=2, learning_rate=0.05,
+                             per_device_train_batch_size=3, loss_mode="paper", seed=3),
+    )
+    trainer.train()
+    # When the DeepSpeed/FSDP path exports from the adapter the Trainer saves, and the plain path merges live
+    trainer.save_model(str(tmp_path / "adapter"))
+    via_adapter = export_saved_adapter(model_args, tmp_path / "adapter", tokenizer, tmp_path / "via-adapter")
+    model_args.export_dir = str(tmp_path / "direct")
+    direct = export_pretrained(trainer, tokenizer, model_args)
+    # Then both folders hold the same weights, and they differ from the base
+    a, b = load_file(Path(via_adapter) / "model.safetensors"), load_file(Path(direct) / "model.safetensors")
+    base = load_file(Path(tiny_llara_dir) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-6)
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    # And a folder without an adapter is refused by name
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        export_saved_adapter(model_args, tmp_path, tokenizer, tmp_path / "nothing")
+
+
 def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
     corpus = _corpus(tmp_path / "c.txt")
     out = tmp_path / "ddp"

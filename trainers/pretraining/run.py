@@ -129,14 +129,15 @@ def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments)
     out = Path(model_args.export_dir or Path(trainer.args.output_dir) / "final")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        # Sharded weights: let the Trainer gather them into a full checkpoint, then export from it.
+        # Sharded weights: let the Trainer gather them into a full checkpoint (the adapter alone under
+        # LoRA), then export from that folder on the main process.
         staging = Path(trainer.args.output_dir) / "final-gathered"
         trainer.save_model(str(staging))
         trainer.accelerator.wait_for_everyone()
         if not trainer.is_world_process_zero():
             return None
         if model_args.use_lora:
-            raise NotImplementedError("exporting LoRA trained under DeepSpeed/FSDP: merge the saved adapter with `llara merge`")
+            return export_saved_adapter(model_args, staging, tokenizer, out)
         model = LlaraForPretraining.from_pretrained(staging)
     if not trainer.is_world_process_zero():
         return None
@@ -148,4 +149,18 @@ def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments)
     return save_llara(model, tokenizer, out, overwrite=True)
 
 
-__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "load_pretraining_model"]
+def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Path, tokenizer, out: Path) -> Path:
+    """Rebuild the run's base model, attach the adapter saved in ``adapter_dir`` and write the merged folder.
+
+    The path for LoRA under DeepSpeed ZeRO-3 / FSDP, where the live model's weights are shards: the
+    Trainer saves the gathered adapter (LoRA matrices + special-token rows), the base is rebuilt exactly
+    as the run built it (a LLaRA folder, or the same deterministic in-memory conversion of a base LM).
+    """
+    from trainers.convert import save_llara
+    from trainers.lora import load_lora, merge_lora
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: the Trainer did not save a LoRA adapter")
+    base, _ = load_pretraining_model(model_args)
+    merged = merge_lora(load_lora(base, adapter_dir)).eval()
+    return save_llara(merged, tokenizer, out, overwrite=True)
