@@ -3,8 +3,9 @@ retrieval quality on held-out real queries before and after.
 
 Data (``trainers.debian_data``): unlabeled long descriptions for pretraining; a disjoint test collection
 (short description = query, its long description = the relevant document, plus distractors). Retrieval:
-exact dot product of LLaRA embeddings (query: predict suffix, document: summarize suffix); nDCG@10 and
-MRR@10 with one relevant document per query.
+the collection is written in the BEIR layout and scored by ``llara evaluate``'s code (exact FAISS
+search of LLaRA embeddings, queries with the predict suffix, documents with the summarize suffix;
+pytrec_eval nDCG@10, MRR@10, Recall@100/1000, MAP).
 
 Writes ``benchmarks/results/pretrain_real_run.json`` (metrics, settings, log history) and
 ``benchmarks/results/pretrain_real_run.png`` (loss, ebae, ebar, lm per logging step).
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -46,27 +46,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def retrieval_metrics(model_dir: str, collection, max_text_tokens: int = 128) -> dict:
-    from transformers import AutoTokenizer
+def retrieval_metrics(model_dir: str, beir_dir: Path) -> dict:
+    """pytrec_eval metrics of ``model_dir`` on the held-out collection, through ``llara evaluate``'s code."""
+    from trainers.beir import load_beir
+    from trainers.evaluation import evaluate_model
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel, encode
-
-    model = LlaraModel.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    builder = LlaraInputBuilder(tokenizer, model.config)
-    qids, dids = list(collection.queries), list(collection.corpus)
-    q = encode(model, builder, [collection.queries[i] for i in qids], task="query", max_text_tokens=64)
-    d = encode(model, builder, [collection.corpus[i] for i in dids], task="document", max_text_tokens=max_text_tokens)
-    top = (q @ d.T).topk(10, dim=1).indices  # (queries, 10)
-    ndcg = mrr = 0.0
-    for row, qid in enumerate(qids):
-        relevant = {doc for doc, grade in collection.qrels[qid].items() if grade > 0}
-        ranked = [dids[j] for j in top[row].tolist()]
-        ndcg += sum(1 / math.log2(rank + 2) for rank, doc in enumerate(ranked) if doc in relevant) / sum(
-            1 / math.log2(r + 2) for r in range(min(len(relevant), 10))
-        )
-        mrr += next((1 / (rank + 1) for rank, doc in enumerate(ranked) if doc in relevant), 0.0)
-    return {"ndcg@10": ndcg / len(qids), "mrr@10": mrr / len(qids), "queries": len(qids), "corpus": len(dids)}
+    evaluation = evaluate_model(str(model_dir), load_beir(beir_dir, split="test"), top_k=1000, show_progress=True)
+    return {**evaluation.result.metrics, "queries": evaluation.result.num_queries, "seconds": round(evaluation.seconds, 1)}
 
 
 def plot(history: list[dict], path: Path) -> None:
@@ -92,7 +78,7 @@ def plot(history: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from trainers.debian_data import load_pairs, make_splits, write_pretraining_text
+    from trainers.debian_data import load_pairs, make_splits, write_beir, write_pretraining_text
     from trainers.pretraining.data import PretrainingDataArguments
     from trainers.pretraining.run import PretrainingModelArguments, build_pretrainer, export_pretrained
     from trainers.pretraining.trainer import PretrainingArguments
@@ -102,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = make_splits(load_pairs(), seed=args.seed, n_test_queries=args.queries, n_test_corpus=args.corpus,
                          n_pretrain_docs=args.pretrain_docs)
     corpus_file = write_pretraining_text(splits.pretrain_docs, work / "pretrain.jsonl")
+    beir_dir = write_beir(splits.test, work / "beir", overwrite=True)
     source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
     model_args = PretrainingModelArguments(model_name_or_path=source, export_dir=str(work / "final"))
     data_args = PretrainingDataArguments(train_files=[str(corpus_file)], max_length=args.max_length, on_error="skip",
@@ -117,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.convert import save_llara
 
     before_dir = save_llara(trainer.model, tokenizer, work / "before", overwrite=True)
-    before = retrieval_metrics(str(before_dir), splits.test)
+    before = retrieval_metrics(str(before_dir), beir_dir)
     trainer.train()
     after_dir = export_pretrained(trainer, tokenizer, model_args)
-    after = retrieval_metrics(str(after_dir), splits.test)
+    after = retrieval_metrics(str(after_dir), beir_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
     history = trainer.state.log_history
     plot(history, RESULTS / "pretrain_real_run.png")

@@ -78,6 +78,24 @@ def test_accumulation_matches_one_big_batch(tiny_llara_dir, tmp_path):
     assert moved > 1e-4
 
 
+def test_bf16_mixed_precision_step_close_to_fp32(tiny_llara_dir, tmp_path):
+    # Given the same one-step run in fp32 and with --bf16 (CPU autocast, float32 master weights)
+    corpus = _corpus(tmp_path / "c.txt", docs=4)
+    common = dict(optim="sgd", learning_rate=0.5, max_steps=1, per_device_train_batch_size=4, loss_mode="reference")
+    full = _build(tiny_llara_dir, corpus, tmp_path / "fp32", **common)
+    mixed = _build(tiny_llara_dir, corpus, tmp_path / "bf16", bf16=True, **common)
+    before = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+    # When both train
+    loss_full = full.train().training_loss
+    loss_mixed = mixed.train().training_loss
+    # Then the bf16 run computed in bf16 yet kept fp32 weights, and its loss and update match fp32 to bf16 precision
+    assert mixed.args.bf16 and all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    assert abs(loss_mixed - loss_full) < 0.02 * abs(loss_full) and loss_mixed != loss_full
+    delta_full = torch.cat([(p.detach() - before[n]).flatten() for n, p in full.model.named_parameters()])
+    delta_mixed = torch.cat([(p.detach() - before[n]).flatten() for n, p in mixed.model.named_parameters()])
+    assert torch.nn.functional.cosine_similarity(delta_full, delta_mixed, dim=0) > 0.98
+
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
