@@ -6,11 +6,13 @@ batch of real Debian texts (queries x group = passages; 8 x 16 = 128 passages by
 ``--steps`` forward+backward steps through ``LlaraContrastiveLoss``. Peak memory: CUDA
 ``max_memory_allocated`` on a GPU; on CPU the process's peak RSS growth over the loaded model.
 
-Memory without GradCache grows with the batch: on SmolLM2-135M (LoRA on all projections, 160-token
-passages) about 0.4 GB per passage on CPU, so the default 128 passages need a GPU or a machine with
-well over 50 GB; ``--quick`` (32 passages) fits in ~14 GB.
+Memory without GradCache grows with the batch and the padded passage length: on SmolLM2-135M (LoRA on
+all projections) about 2.5 MB per padded passage token on CPU in fp32, so 128 passages of 160 tokens need
+~50 GB. On a 24 GB machine the 128-passage batch runs with shorter passages:
 
-    python benchmarks/bench_gradcache.py [--model DIR] [--quick]
+    python benchmarks/bench_gradcache.py --passage-max-length 48     # 8 x 16 = 128 passages, ~16 GB plain
+    python benchmarks/bench_gradcache.py --quick                      # 4 x 8 = 32 passages of 160 tokens
+    python benchmarks/bench_gradcache.py [--model DIR]                # 128 x 160 tokens: a GPU or > 50 GB
 
 Prints a table and writes ``benchmarks/results/gradcache.json``.
 """
@@ -62,7 +64,14 @@ def _peak_rss_mb() -> float:
 
 
 def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    # Hand freed heap pages back first (else the step could reuse them unseen), then, on Linux, writing 5
+    # to clear_refs resets VmHWM to the current RSS.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")

@@ -10,8 +10,8 @@ Variants, measured side by side on the same model, batch and texts (text length 
                         in fp32 before the losses pick their positions (what a naive implementation does).
 
 Time: median seconds per training step (forward + loss + backward), variants interleaved. Peak memory:
-each variant runs in a fresh subprocess; on CPU the figure is the growth of peak RSS over one step
-(ru_maxrss after loading and after the step), on CUDA ``torch.cuda.max_memory_allocated``.
+each variant runs in a fresh subprocess; on CPU (Linux) the figure is the kernel's peak RSS over one step, reset just before it,
+minus the RSS before it (see ``memory_probe``); on CUDA ``torch.cuda.max_memory_allocated``.
 Prints a table and writes benchmarks/results/pretrain_step.json.
 
     python benchmarks/bench_pretrain_step.py --quick
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -149,20 +148,41 @@ def _sync(args):
         torch.cuda.synchronize()
 
 
+def _proc_status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB -> MiB
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
 def memory_probe(name: str, variant: str, args) -> float:
-    """Peak extra memory (MiB) of one step of ``variant`` (runs in its own process)."""
+    """Peak extra memory (MiB) of one step of ``variant`` (runs in its own process).
+
+    CUDA: ``max_memory_allocated`` over the step minus what was allocated before it. CPU (Linux): one warm-up
+    step, then freed heap pages are handed back (``malloc_trim``), the kernel's peak-RSS mark is reset
+    (``/proc/self/clear_refs`` = 5) and the figure is the new peak ``VmHWM`` minus ``VmRSS`` before the step.
+    (``ru_maxrss`` cannot be reset: loading the weights set a higher mark than a step reaches, so it read 0.)
+    """
+    import ctypes
+    import gc
+
     import torch
 
     model, tokenizer = load(name, args)
     collator, batch, two = batch_for(tokenizer, model, args)
+    step(variant, model, collator, batch, two, args)  # warm-up: lazy kernels, thread pools
+    gc.collect()
     if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step(variant, model, collator, batch, two, args)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _proc_status_mib("VmRSS")
     step(variant, model, collator, batch, two, args)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return _proc_status_mib("VmHWM") - base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                "threads": torch.get_num_threads()}
         for v in VARIANTS:
             row[f"{v}_s"] = statistics.median(times[v])
+            row[f"{v}_steps_s"] = [round(t, 4) for t in times[v]]
             cmd = [sys.executable, __file__, "--_memory", f"{name}:{v}", "--models", name, "--batch", str(args.batch),
                    "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device]
             if args.model:
@@ -203,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
             row[f"{v}_peak_mib"] = json.loads(lines[-1])["peak_mib"] if lines else None
         row["one_vs_two_time"] = row["one_pass_s"] / row["two_pass_s"]
+        row["one_pass_vs_full_logits_peak"] = row["one_pass_peak_mib"] / row["full_logits_peak_mib"] if row["full_logits_peak_mib"] else None
         results.append(row)
     header = f"{'model':8} {'variant':12} {'step s':>8} {'peak MiB':>9}"
     print(header)
