@@ -7,10 +7,10 @@ batch of real Debian texts (queries x group = passages; 8 x 16 = 128 passages by
 ``max_memory_allocated`` on a GPU; on CPU the process's peak RSS growth over the loaded model.
 
 Memory without GradCache grows with the batch and the padded passage length: on SmolLM2-135M (LoRA on
-all projections) about 2.5 MB per padded passage token on CPU in fp32, so 128 passages of 160 tokens need
-~50 GB. On a 24 GB machine the 128-passage batch runs with shorter passages:
+all projections) 1.5 to 2.5 MB per padded passage token on CPU in fp32 (measured at 48 and 160 tokens), so
+128 passages of 160 tokens need ~50 GB. On a 24 GB machine the 128-passage batch runs with shorter passages:
 
-    python benchmarks/bench_gradcache.py --passage-max-length 48     # 8 x 16 = 128 passages, ~16 GB plain
+    python benchmarks/bench_gradcache.py --passage-max-length 48     # 8 x 16 = 128 passages, ~9 GB plain
     python benchmarks/bench_gradcache.py --quick                      # 4 x 8 = 32 passages of 160 tokens
     python benchmarks/bench_gradcache.py [--model DIR]                # 128 x 160 tokens: a GPU or > 50 GB
 
