@@ -29,6 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import memprobe  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -46,38 +50,6 @@ def make_parser() -> argparse.ArgumentParser:
                         help="result JSON (default benchmarks/results/gradcache.json, gradcache_quick.json with --quick)")
     parser.add_argument("--worker", choices=["plain", "gradcache"], help=argparse.SUPPRESS)
     return parser
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak_rss() -> None:
-    # Hand freed heap pages back first (else the step could reuse them unseen), then, on Linux, writing 5
-    # to clear_refs resets VmHWM to the current RSS.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
 
 
 def _texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
@@ -118,8 +90,7 @@ def worker(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
-        _reset_peak_rss()
-        base = _rss_mb()
+        base = memprobe.reset_peak()
     times, losses = [], []
     for _ in range(args.steps):
         for parameter in trainable:
@@ -131,7 +102,7 @@ def worker(args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
         losses.append(loss.item())
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else memprobe.peak_mib()
     grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])).item()
     return {
         "mode": args.worker,

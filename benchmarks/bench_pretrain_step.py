@@ -31,6 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import memprobe  # noqa: E402
 VARIANTS = ("one_pass", "two_pass", "full_logits")
 WORDS = ("retrieval models embed passages so that relevant queries land near them in vector space while the "
          "language model adapts its final hidden states to summarize a text and to predict the next one").split()
@@ -148,13 +151,6 @@ def _sync(args):
         torch.cuda.synchronize()
 
 
-def _proc_status_mib(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024  # kB -> MiB
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def memory_probe(name: str, variant: str, args) -> float:
     """Peak extra memory (MiB) of one step of ``variant`` (runs in its own process).
 
@@ -163,7 +159,6 @@ def memory_probe(name: str, variant: str, args) -> float:
     (``/proc/self/clear_refs`` = 5) and the figure is the new peak ``VmHWM`` minus ``VmRSS`` before the step.
     (``ru_maxrss`` cannot be reset: loading the weights set a higher mark than a step reaches, so it read 0.)
     """
-    import ctypes
     import gc
 
     import torch
@@ -178,11 +173,9 @@ def memory_probe(name: str, variant: str, args) -> float:
         base = torch.cuda.memory_allocated()
         step(variant, model, collator, batch, two, args)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _proc_status_mib("VmRSS")
+    base = memprobe.reset_peak()
     step(variant, model, collator, batch, two, args)
-    return _proc_status_mib("VmHWM") - base
+    return memprobe.peak_mib() - base
 
 
 def main(argv: list[str] | None = None) -> int:

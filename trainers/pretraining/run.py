@@ -164,3 +164,6 @@ def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Pat
     base, _ = load_pretraining_model(model_args)
     merged = merge_lora(load_lora(base, adapter_dir)).eval()
     return save_llara(merged, tokenizer, out, overwrite=True)
+
+
+__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "export_saved_adapter", "load_pretraining_model"]
