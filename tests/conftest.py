@@ -88,6 +88,20 @@ def save_tiny_base(path: Path, family: str = "llama", seed: int = 0, **overrides
     return path
 
 
+CORPUS_WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone field".split()
+
+
+def equal_length_corpus(path: Path, docs: int = 16, length: int = 60) -> Path:
+    """A text file of ``docs`` lines of ``length`` characters: every micro-batch holds the same number of LM
+    tokens, so runs that split a batch differently compute the same loss."""
+    lines = []
+    for d in range(docs):
+        text = " ".join(CORPUS_WORDS[(d * 3 + i) % len(CORPUS_WORDS)] for i in range(40))
+        lines.append(text[:length].strip().ljust(length, "z"))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
@@ -116,6 +130,16 @@ def smollm2_llara_dir(tmp_path_factory) -> Path:
     from trainers.convert import convert
 
     return convert(None, tmp_path_factory.mktemp("smollm2-llara") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_need_cuda(request):
+    """Tests marked ``gpu`` (deselected by default; ``make test-gpu``) fail, never skip, without a CUDA device."""
+    if request.node.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail("this test is marked gpu and needs a CUDA device, but torch sees none")
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,10 @@ TEXTS = [
 ]
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)  # the same checks on a GPU: make test-gpu
+DEVICES = pytest.mark.parametrize("device", ["cpu", CUDA])
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_llara_dir):
     from transformers import AutoTokenizer
@@ -32,8 +36,12 @@ def tokenizer(tiny_llara_dir):
     return AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
 
 
-def _load(cls, path, impl, dtype=torch.float32):
-    return cls.from_pretrained(path, attn_implementation=impl, dtype=dtype).eval()
+def _load(cls, path, impl, dtype=torch.float32, device="cpu"):
+    return cls.from_pretrained(path, attn_implementation=impl, dtype=dtype).to(device).eval()
+
+
+def _on(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def test_positions_reuse_summarize_positions():
@@ -64,7 +72,7 @@ def test_mask_blocks_summarize_columns_for_predict_rows_only():
 
 
 def _two_pass_states(embedder, builder, texts, kind, budget, side):
-    batch = builder(texts, task=kind, max_text_tokens=budget, padding_side=side)
+    batch = _on(builder(texts, task=kind, max_text_tokens=budget, padding_side=side), embedder.device)
     with torch.no_grad():
         hidden = embedder(**batch).last_hidden_state  # (batch, seq, hidden)
     rows = []
@@ -74,15 +82,16 @@ def _two_pass_states(embedder, builder, texts, kind, budget, side):
     return rows
 
 
+@DEVICES
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_one_pass_equals_two_passes(tiny_llara_dir, tokenizer, impl, side):
+def test_one_pass_equals_two_passes(tiny_llara_dir, tokenizer, impl, side, device):
     # Given the pretraining model and the plain embedder sharing the same weights
-    model = _load(LlaraForPretraining, tiny_llara_dir, impl)
-    embedder = _load(LlaraModel, tiny_llara_dir, impl)
+    model = _load(LlaraForPretraining, tiny_llara_dir, impl, device=device)
+    embedder = _load(LlaraModel, tiny_llara_dir, impl, device=device)
     collator = PretrainingCollator(tokenizer, model.config, max_length=190, padding_side=side)
     builder = LlaraInputBuilder(tokenizer, model.config)
-    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    batch = _on(collator([{"input": t, "next": None} for t in TEXTS]), device)
     # When one pass runs text + summarize + predict with the dual mask and positions
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], segment_ids=batch["segment_ids"])
@@ -97,21 +106,22 @@ def test_one_pass_equals_two_passes(tiny_llara_dir, tokenizer, impl, side):
         torch.testing.assert_close(one_summarize, summarize[i], atol=1e-5, rtol=0)
         torch.testing.assert_close(one_predict, predict[i], atol=1e-5, rtol=0)
     # And the pooled embeddings are those of the embedder
-    ref_s = embedder(**builder(TEXTS, task="summarize", max_text_tokens=collator.text_budget)).pooler_output
-    ref_p = embedder(**builder(TEXTS, task="predict", max_text_tokens=collator.text_budget)).pooler_output
+    ref_s = embedder(**_on(builder(TEXTS, task="summarize", max_text_tokens=collator.text_budget), device)).pooler_output
+    ref_p = embedder(**_on(builder(TEXTS, task="predict", max_text_tokens=collator.text_budget), device)).pooler_output
     torch.testing.assert_close(out.summarize_embeds, ref_s, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.predict_embeds, ref_p, atol=1e-5, rtol=0)
     # And the special logits are the LM head at the special positions
     lm = model.lm_head(out.last_hidden_state)
-    pos = torch.isin(batch["input_ids"], torch.tensor(model.config.summarize_token_ids))
+    pos = torch.isin(batch["input_ids"], torch.tensor(model.config.summarize_token_ids, device=device))
     torch.testing.assert_close(out.summarize_logits, lm[pos].view(len(TEXTS), 8, -1))
 
 
+@DEVICES
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-def test_bf16_left_padding_has_no_nan(tiny_llara_dir, tokenizer, impl):
-    model = _load(LlaraForPretraining, tiny_llara_dir, impl, dtype=torch.bfloat16).train()
+def test_bf16_left_padding_has_no_nan(tiny_llara_dir, tokenizer, impl, device):
+    model = _load(LlaraForPretraining, tiny_llara_dir, impl, dtype=torch.bfloat16, device=device).train()
     collator = PretrainingCollator(tokenizer, model.config, max_length=190, padding_side="left")
-    batch = collator([{"input": t, "next": "next words"} for t in TEXTS])
+    batch = _on(collator([{"input": t, "next": "next words"} for t in TEXTS]), device)
     out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}, lm_chunk_size=16)
     total = out.summarize_logits.float().sum() + out.predict_logits.float().sum() + out.lm_loss
     total.backward()
@@ -119,14 +129,15 @@ def test_bf16_left_padding_has_no_nan(tiny_llara_dir, tokenizer, impl):
     assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
 
 
+@DEVICES
 @pytest.mark.parametrize("path", ["fused", "checkpoint"])
-def test_chunked_lm_loss_matches_full_logits(tiny_llara_dir, tokenizer, path, monkeypatch):
+def test_chunked_lm_loss_matches_full_logits(tiny_llara_dir, tokenizer, path, monkeypatch, device):
     # Given labels over the text part only, and the fused path or the module-call fallback (ZeRO-3)
     if path == "checkpoint":
         monkeypatch.setattr(llara_impl, "_is_partitioned", lambda weight: True)
-    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa").train()
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa", device=device).train()
     collator = PretrainingCollator(tokenizer, model.config, max_length=190)
-    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    batch = _on(collator([{"input": t, "next": None} for t in TEXTS]), device)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
     # When the loss runs in chunks of 7 tokens
     out = model(**inputs, lm_chunk_size=7)
@@ -164,11 +175,12 @@ def test_rejects_flash_attention_and_bad_segments(tiny_llara_dir, tokenizer):
     assert SEGMENT_PAD == 0
 
 
-def test_fused_lm_loss_with_frozen_head_and_bf16(tiny_llara_dir, tokenizer):
+@DEVICES
+def test_fused_lm_loss_with_frozen_head_and_bf16(tiny_llara_dir, tokenizer, device):
     # Given a frozen LM head (LoRA) in bf16: only the states need gradients
-    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa", dtype=torch.bfloat16).train()
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa", dtype=torch.bfloat16, device=device).train()
     collator = PretrainingCollator(tokenizer, model.config, max_length=190)
-    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    batch = _on(collator([{"input": t, "next": None} for t in TEXTS]), device)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
     model.lm_head.weight.requires_grad_(False)  # tied: the embedding freezes with it
     states = model(**inputs).last_hidden_state.detach()

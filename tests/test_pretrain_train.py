@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import equal_length_corpus as _corpus
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone field".split()
-
-
-def _corpus(path: Path, docs: int = 16, length: int = 60) -> Path:
-    # Equal-length documents: every micro-batch holds the same number of LM tokens.
-    lines = []
-    for d in range(docs):
-        text = " ".join(WORDS[(d * 3 + i) % len(WORDS)] for i in range(40))
-        lines.append(text[:length].strip().ljust(length, "z"))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _env():
@@ -78,10 +68,12 @@ def test_accumulation_matches_one_big_batch(tiny_llara_dir, tmp_path):
     assert moved > 1e-4
 
 
-def test_bf16_mixed_precision_step_close_to_fp32(tiny_llara_dir, tmp_path):
-    # Given the same one-step run in fp32 and with --bf16 (CPU autocast, float32 master weights)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bf16_mixed_precision_step_close_to_fp32(tiny_llara_dir, tmp_path, device):
+    # Given the same one-step run in fp32 and with --bf16 (autocast, float32 master weights)
     corpus = _corpus(tmp_path / "c.txt", docs=4)
-    common = dict(optim="sgd", learning_rate=0.5, max_steps=1, per_device_train_batch_size=4, loss_mode="reference")
+    common = dict(optim="sgd", learning_rate=0.5, max_steps=1, per_device_train_batch_size=4, loss_mode="reference",
+                  use_cpu=device == "cpu")
     full = _build(tiny_llara_dir, corpus, tmp_path / "fp32", **common)
     mixed = _build(tiny_llara_dir, corpus, tmp_path / "bf16", bf16=True, **common)
     before = {n: p.detach().clone() for n, p in full.model.named_parameters()}
@@ -90,10 +82,32 @@ def test_bf16_mixed_precision_step_close_to_fp32(tiny_llara_dir, tmp_path):
     loss_mixed = mixed.train().training_loss
     # Then the bf16 run computed in bf16 yet kept fp32 weights, and its loss and update match fp32 to bf16 precision
     assert mixed.args.bf16 and all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    assert next(mixed.model.parameters()).device.type == device
     assert abs(loss_mixed - loss_full) < 0.02 * abs(loss_full) and loss_mixed != loss_full
     delta_full = torch.cat([(p.detach() - before[n]).flatten() for n, p in full.model.named_parameters()])
     delta_mixed = torch.cat([(p.detach() - before[n]).flatten() for n, p in mixed.model.named_parameters()])
     assert torch.nn.functional.cosine_similarity(delta_full, delta_mixed, dim=0) > 0.98
+
+
+@pytest.mark.gpu
+def test_fp16_run_on_cuda_tracks_fp32(tiny_llara_dir, tmp_path):
+    # Given the same 6-step run in fp32 and with --fp16 (autocast + dynamic loss scaling, fp32 master weights)
+    corpus = _corpus(tmp_path / "c.txt", docs=12)
+    common = dict(optim="sgd", learning_rate=0.1, max_steps=6, per_device_train_batch_size=2, loss_mode="reference",
+                  use_cpu=False, logging_strategy="steps", logging_steps=1)
+    full = _build(tiny_llara_dir, corpus, tmp_path / "fp32", **common)
+    mixed = _build(tiny_llara_dir, corpus, tmp_path / "fp16", fp16=True, **common)
+    before = {n: p.detach().clone() for n, p in mixed.model.named_parameters()}
+    full.train()
+    mixed.train()
+    first = [next(r["loss"] for r in t.state.log_history if "loss" in r) for t in (full, mixed)]
+    # Then the first loss (before any update) matches fp32 to fp16 precision, the weights stay fp32 and finite,
+    # and the run updated them (a step the scaler skips on overflow leaves them as they were)
+    assert abs(first[1] - first[0]) < 0.02 * abs(first[0])
+    params = dict(mixed.model.named_parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params.values())
+    assert max((params[n].detach() - before[n]).abs().max().item() for n in before) > 1e-3
+    assert 0 < mixed.accelerator.scaler.get_scale() < float("inf")
 
 
 KILLER = textwrap.dedent(
@@ -227,3 +241,34 @@ def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_same_seed_starts_from_the_same_lora_adapter(tiny_llara_dir, tmp_path, stage):
+    # Given two LoRA builds with the same --seed, with random numbers drawn in between (as a launcher may)
+    def adapter_weights():
+        if stage == "pretrain":
+            from trainers.pretraining.data import PretrainingDataArguments
+            from trainers.pretraining.run import PretrainingModelArguments, build_pretrainer
+            from trainers.pretraining.trainer import PretrainingArguments
+
+            model = build_pretrainer(
+                PretrainingModelArguments(model_name_or_path=str(tiny_llara_dir), use_lora=True, lora_r=4),
+                PretrainingDataArguments(train_files=[str(_corpus(tmp_path / "c.txt", docs=2))], max_length=190,
+                                         chunk_tokens=200),
+                PretrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, seed=11),
+            )[0].model
+        else:
+            from trainers.finetuning.trainer import LlaraFinetuneConfig, load_finetune_model
+
+            args = LlaraFinetuneConfig(output_dir=str(tmp_path / "ft"), use_lora=True, lora_r=4, seed=11,
+                                       report_to="none", use_cpu=True)
+            model = load_finetune_model(tiny_llara_dir, args)[0]
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first = adapter_weights()
+    torch.rand(1000)
+    second = adapter_weights()
+    # Then the random LoRA A matrices are the same
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[n], second[n]) for n in first)

@@ -82,7 +82,7 @@ def lora_config(
     trainable_tokens = None
     if train_special_tokens:
         ids = list(special_token_ids) if special_token_ids is not None else _special_token_ids(model)
-        vocab = model.get_input_embeddings().weight.shape[0]
+        vocab = model.get_input_embeddings().num_embeddings  # the weight is an empty shard under ZeRO-3
         bad = [i for i in ids if not 0 <= int(i) < vocab]
         if bad:
             raise ValueError(f"special token ids {bad} are outside the embedding matrix (vocab {vocab})")

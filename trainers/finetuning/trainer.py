@@ -133,8 +133,11 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
         raise ValueError(f"{path} is not a LLaRA model folder: run `llara init` first")
     builder = LlaraInputBuilder(tokenizer, model.config)
     if args.use_lora:
+        from transformers import set_seed
+
         from trainers.lora import apply_lora
 
+        set_seed(args.seed)  # LoRA's A matrices are random: the same --seed must start from the same adapter
         model = apply_lora(
             model,
             r=args.lora_r,

@@ -7,6 +7,7 @@ Kept apart from the command-line script so that tests and other pipelines build 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,11 @@ def build_pretrainer(
     sources: list | None = None,
 ):
     """``(trainer, tokenizer)`` ready for ``trainer.train()``."""
+    from transformers import set_seed
+
+    # Seeded before anything random is built (LoRA's A matrices): the Trainer seeds only once it exists, so
+    # without this two runs with the same --seed started from different LoRA weights.
+    set_seed(training_args.seed)
     model, tokenizer = load_pretraining_model(model_args)
     collator = PretrainingCollator(
         tokenizer,
@@ -99,6 +105,13 @@ def build_pretrainer(
         raise ValueError("--streaming needs --max_steps: a stream has no known length")
     if model_args.use_lora:
         from trainers.lora import apply_lora
+
+        if training_args.fsdp:
+            raise ValueError(
+                "--use_lora under FSDP is not supported: the 16 LLaRA token rows train through peft's trainable-token "
+                "layer, which mixes FSDP2's sharded DTensor weight with plain tensors and fails in the forward pass. "
+                "Use DeepSpeed ZeRO-3 (--deepspeed recipes/deepspeed_zero3.json) for LoRA, or FSDP without LoRA."
+            )
 
         model = apply_lora(
             model,
@@ -121,6 +134,27 @@ def build_pretrainer(
     return trainer, tokenizer
 
 
+@contextmanager
+def zero3_init_disabled(training_args):
+    """While a DeepSpeed ZeRO-3 config is registered, ``from_pretrained`` partitions what it loads (``zero.Init``):
+    each rank keeps an empty placeholder per weight. The export reloads the gathered checkpoint whole on the
+    main process, so the registration is lifted for the duration and restored after."""
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
 def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments) -> Path | None:
     """Write the trained model as a LLaRA folder (LoRA merged); returns its path on the main process."""
     from modeling_llara import LlaraForPretraining
@@ -136,9 +170,10 @@ def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments)
         trainer.accelerator.wait_for_everyone()
         if not trainer.is_world_process_zero():
             return None
-        if model_args.use_lora:
-            return export_saved_adapter(model_args, staging, tokenizer, out)
-        model = LlaraForPretraining.from_pretrained(staging)
+        with zero3_init_disabled(trainer.args):
+            if model_args.use_lora:
+                return export_saved_adapter(model_args, staging, tokenizer, out)
+            model = LlaraForPretraining.from_pretrained(staging)
     if not trainer.is_world_process_zero():
         return None
     if model_args.use_lora:
@@ -166,4 +201,5 @@ def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Pat
     return save_llara(merged, tokenizer, out, overwrite=True)
 
 
-__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "export_saved_adapter", "load_pretraining_model"]
+__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "export_saved_adapter", "load_pretraining_model",
+           "zero3_init_disabled"]
