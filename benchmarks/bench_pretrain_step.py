@@ -48,6 +48,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
     p.add_argument("--loss-mode", default="reference", choices=["reference", "paper"])
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--random-init", action="store_true",
+                   help="build --model's architecture with random weights (time and memory do not depend on the weights; "
+                        "a folder with config + tokenizer and no weights is enough)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward + loss (fp32 weights), as `--bf16` training")
     p.add_argument("--quick", action="store_true", help="batch 4, 2 steps")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain_step.json"))
     p.add_argument("--_memory", default=None, help=argparse.SUPPRESS)  # internal: one variant in a subprocess
@@ -64,23 +68,21 @@ def load(name: str, args):
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_llara import LlaraForPretraining
-    from trainers.pretraining.run import PretrainingModelArguments, load_pretraining_model
+    from modeling_llara import LlaraConfig, LlaraForPretraining
 
     source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
-    if source:
-        model = LlaraForPretraining.from_pretrained(source, attn_implementation="sdpa")
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
-    else:
-        model, tokenizer = load_pretraining_model(PretrainingModelArguments())
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    config = LlaraConfig.from_pretrained(source)
     if name == "tiny":
-        config = model.config.to_dict()
-        text = dict(config["text_config"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        text = dict(config.to_dict()["text_config"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+        config = LlaraConfig(**{**config.to_dict(), "text_config": text})
+    if name == "tiny" or args.random_init:
         torch.manual_seed(0)
-        cfg = type(model.config)(**{**config, "text_config": text})
-        cfg._attn_implementation = "sdpa"
-        model = LlaraForPretraining(cfg)
+        config._attn_implementation = "sdpa"
+        model = LlaraForPretraining(config)
+    else:
+        model = LlaraForPretraining.from_pretrained(source, attn_implementation="sdpa")
     return model.to(args.device).train(), tokenizer
 
 
@@ -99,11 +101,23 @@ def batch_for(tokenizer, model, args):
 def step(variant: str, model, collator, batch, two, args):
     import torch
 
-    from trainers.pretraining import EbaeEbarLoss, bow_loss_from_logits
+    from trainers.pretraining import EbaeEbarLoss
 
     loss_fn = EbaeEbarLoss(args.loss_mode, ignore_ids=collator.ignore_ids)
     dev = lambda d: {k: v.to(args.device) for k, v in d.items()}  # noqa: E731
     b = dev(batch)
+    with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+        loss = _loss(variant, model, collator, b, two, args, loss_fn, dev)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _loss(variant, model, collator, b, two, args, loss_fn, dev):
+    import torch
+
+    from trainers.pretraining import bow_loss_from_logits
+
     if variant == "one_pass":
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], segment_ids=b["segment_ids"],
                     lm_labels=b["lm_labels"] if loss_fn.uses_lm else None)
@@ -139,9 +153,7 @@ def step(variant: str, model, collator, batch, two, args):
                 keep = labels != -100
                 lm = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]).float(), labels[keep])
                 loss = loss + loss_fn.lm_weight * lm
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return loss
 
 
 def _sync(args):
@@ -205,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         del model
         row = {"model": name, "batch": args.batch, "text_tokens": args.text_tokens, "one_pass_len": batch["input_ids"].shape[1],
                "two_pass_len": two["summarize"]["input_ids"].shape[1], "loss_mode": args.loss_mode, "device": args.device,
-               "threads": torch.get_num_threads()}
+               "weights": "random" if name == "tiny" or args.random_init else "pretrained", "bf16": args.bf16,
+               "threads": torch.get_num_threads(),
+               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
         for v in VARIANTS:
             row[f"{v}_s"] = statistics.median(times[v])
             row[f"{v}_steps_s"] = [round(t, 4) for t in times[v]]
@@ -213,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device]
             if args.model:
                 cmd += ["--model", args.model]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            cmd += ["--random-init"] * args.random_init + ["--bf16"] * args.bf16
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
             lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
             row[f"{v}_peak_mib"] = json.loads(lines[-1])["peak_mib"] if lines else None
         row["one_vs_two_time"] = row["one_pass_s"] / row["two_pass_s"]
