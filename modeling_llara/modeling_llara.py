@@ -210,31 +210,53 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     Each chunk's (chunk, vocab) logits exist only inside the loop: the forward pass computes the loss and
     at once its gradients (softmax minus one-hot, then two matmuls) and keeps only those, shaped like the
     inputs. Backward only scales them. Same arithmetic as autograd on ``lm_head(states).float()`` with
-    ``cross_entropy(reduction="sum")`` (logits in the weight's dtype, softmax in fp32), without the second
-    logits computation a recomputing checkpoint pays.
+    ``cross_entropy(reduction="sum")`` (logits in the matmul dtype: the weight's, or autocast's when it is
+    on; softmax in fp32), without the second logits computation a recomputing checkpoint pays.
+
+    The vocabulary-sized work runs in two (chunk, vocab) fp32 buffers allocated once per call and reused by
+    every chunk (``out=`` and in-place ops), rather than in fresh tensors per operation: on CPU a fresh
+    tensor of that size is new memory the kernel must fault in page by page, which can cost more than the
+    arithmetic (log-softmax and exp into a fresh tensor ran 3-4x slower, the hidden-64 logits matmul 2x;
+    benchmarks/bench_lm_loss.py measures it).
     """
 
     @staticmethod
     def forward(ctx, states, weight, targets, chunk_size):  # states (tokens, hidden), weight (vocab, hidden)
         need_states, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        device_type = states.device.type
+        compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        w = weight.to(compute)  # what autocast would hand each matmul, cast once per call
+        tokens, vocab = states.shape[0], weight.shape[0]
+        rows = min(chunk_size, tokens)
+        logits = torch.empty((rows, vocab), dtype=torch.float32, device=states.device)
+        probs = torch.empty_like(logits)  # log-probabilities, then softmax minus one-hot
+        low = None if compute == torch.float32 else torch.empty((rows, vocab), dtype=compute, device=states.device)
         grad_states = torch.zeros_like(states) if need_states else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=states.device)
-        for start in range(0, states.shape[0], chunk_size):
-            chunk = states[start : start + chunk_size]  # (chunk, hidden)
-            chunk_targets = targets[start : start + chunk_size]  # (chunk,)
-            logits = (chunk @ weight.T).float()  # (chunk, vocab)
-            log_norm = torch.logsumexp(logits, dim=-1)  # (chunk,)
-            total += (log_norm - logits.gather(1, chunk_targets[:, None]).squeeze(1)).sum()
-            if need_states or need_weight:
-                grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place: (chunk, vocab)
-                grad_logits[torch.arange(chunk.shape[0], device=chunk.device), chunk_targets] -= 1.0
-                grad_logits = grad_logits.to(weight.dtype)
-                if need_states:
-                    grad_states[start : start + chunk_size] = grad_logits @ weight
-                if need_weight:
-                    grad_weight += (grad_logits.T @ chunk).float()
-            del logits
+        for start in range(0, tokens, chunk_size):
+            chunk = states[start : start + chunk_size].to(compute)  # (n, hidden)
+            chunk_targets = targets[start : start + chunk_size, None]  # (n, 1)
+            n = chunk.shape[0]
+            if low is None:
+                torch.mm(chunk, w.T, out=logits[:n])
+            else:
+                logits[:n].copy_(torch.mm(chunk, w.T, out=low[:n]))
+            log_probs = torch.log_softmax(logits[:n], dim=-1, out=probs[:n])  # (n, vocab) fp32
+            total -= log_probs.gather(1, chunk_targets).sum()
+            if not (need_states or need_weight):
+                continue
+            grad_logits = log_probs.exp_()  # softmax, in place
+            grad_logits.scatter_add_(1, chunk_targets, grad_logits.new_full((n, 1), -1.0))
+            if low is not None:
+                grad_logits = low[:n].copy_(grad_logits)
+            if need_states:
+                grad_states[start : start + chunk_size] = grad_logits @ w
+            if need_weight:
+                if low is None:
+                    grad_weight.addmm_(grad_logits.T, chunk)
+                else:
+                    grad_weight += grad_logits.T @ chunk
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_states, grad_weight)
         return total

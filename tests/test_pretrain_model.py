@@ -196,3 +196,40 @@ def test_fused_lm_loss_with_frozen_head_and_bf16(tiny_llara_dir, tokenizer, devi
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(fused_states.grad.float(), ref_states.grad.float(), rtol=2e-2, atol=1e-3)
     assert model.lm_head.weight.grad is None
+
+
+@DEVICES
+@pytest.mark.parametrize("chunk", [5, 10**6])
+def test_fused_lm_loss_under_bf16_autocast_matches_autograd(tiny_llara_dir, tokenizer, device, chunk):
+    # Given fp32 weights under bf16 autocast (what `--bf16` training does), chunks of 5 tokens or one chunk
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa", device=device).train()
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190)
+    batch = _on(collator([{"input": t, "next": None} for t in TEXTS]), device)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
+    keep = batch["lm_labels"] != -100
+    states = model(**inputs).last_hidden_state.detach()[keep]
+    weight = model.lm_head.weight
+    results = []
+    for fused in (True, False):
+        s = states.clone().requires_grad_(True)
+        weight.grad = None
+        # When the fused loss and autograd on full logits both run under autocast
+        with torch.autocast(device, dtype=torch.bfloat16):
+            if fused:
+                loss = llara_impl._LinearCrossEntropySum.apply(s, weight, batch["lm_labels"][keep], chunk)
+            else:
+                loss = torch.nn.functional.cross_entropy(model.lm_head(s).float(), batch["lm_labels"][keep], reduction="sum")
+        (loss * 0.5).backward()
+        results.append((loss.detach(), s.grad.clone(), weight.grad.clone()))
+    (fused_loss, fused_states, fused_weight), (ref_loss, ref_states, ref_weight) = results
+    # Then the logits were bf16 matmuls in both (same value to fp32 rounding), gradients agree to bf16
+    # precision and keep the fp32 dtype of the weight
+    torch.testing.assert_close(fused_loss, ref_loss, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fused_states, ref_states, rtol=2e-2, atol=1e-3)
+    # (autograd rounds the whole weight gradient, one bf16 matmul over all tokens, to bf16 once; the fused
+    # loss sums per-chunk bf16 products in fp32: they agree to bf16 resolution of the largest entry)
+    torch.testing.assert_close(fused_weight, ref_weight, rtol=2e-2, atol=2**-7 * ref_weight.abs().max().item())
+    assert fused_weight.dtype == torch.float32
+    # And they differ from the fp32 loss by bf16 rounding: the bf16 matmul really ran
+    fp32 = llara_impl._LinearCrossEntropySum.apply(states, weight.detach(), batch["lm_labels"][keep], chunk)
+    assert not torch.equal(fp32, fused_loss)
