@@ -66,3 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rank}.{mark} {score:.3f}  {hit['id']}: {hit['document'][:90]!r}")
     print(f"\n{found}/{len(queries)} queries have their package in the top {args.top_k} of {len(corpus)} (untrained LLaRA)")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

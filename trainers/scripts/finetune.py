@@ -93,3 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if result.model_dir is not None:
         print(f"fine-tuned model written to {result.model_dir}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -57,3 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"LLaRA model written to {out}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -52,3 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = save_llara(merged, tokenizer, out, overwrite=args.overwrite)
     print(f"merged model written to {saved}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -102,3 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     print("mining:", report.summary())
     print(f"wrote {len(mined)} examples to {out}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -104,3 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nplot: {png}\nresults: {cfg.root / 'results.json'}\nHub-ready folder: {hub}")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
