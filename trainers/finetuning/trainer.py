@@ -21,6 +21,7 @@ from trainers.finetuning.collator import DEFAULT_PASSAGE_MAX_LENGTH, DEFAULT_QUE
 from trainers.finetuning.data import NO_NEGATIVE_POLICIES, ContrastiveDataset, load_examples
 from trainers.finetuning.loss import LlaraContrastiveLoss
 from trainers.lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, DEFAULT_TARGET_MODULES
+from trainers.sharded import is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
     if model.config.model_type != "llara":
         raise ValueError(f"{path} is not a LLaRA model folder: run `llara init` first")
     builder = LlaraInputBuilder(tokenizer, model.config)
+    refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
     if args.use_lora:
         from transformers import set_seed
 
@@ -207,8 +209,9 @@ def finetune(
     save_run_records(trainer, objective="contrastive (InfoNCE)",
                      datasets=[str(train_data) if isinstance(train_data, (str, os.PathLike)) else type(train_data).__name__])
     out_dir = None
-    if save_final and trainer.is_world_process_zero():
-        out_dir = export_finetuned(trainer.model, tokenizer, final_dir or Path(args.output_dir) / "final")
+    if save_final:  # every rank: a sharded run gathers its weights collectively
+        out_dir = export_finetuned_run(trainer, tokenizer, model_name_or_path, final_dir or Path(args.output_dir) / "final")
+    if out_dir is not None:
         summary = {
             "model": str(model_name_or_path),
             "loss": trainer.loss.get_config_dict(),
@@ -223,6 +226,34 @@ def finetune(
         }
         _atomic_write_json(Path(args.output_dir) / "finetune_summary.json", summary)
     return FinetuneResult(out_dir, dict(output.metrics), report.to_dict(), list(trainer.state.log_history))
+
+
+def export_finetuned_run(trainer, tokenizer, model_name_or_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path | None:
+    """Export the model a finetune ``trainer`` trained; every rank calls it, the main process returns the folder.
+
+    Plain and DDP runs export the live model. Under DeepSpeed ZeRO-3 / FSDP the live weights are shards: the
+    Trainer first gathers them into ``<output_dir>/final-gathered`` (full weights, or the adapter alone under
+    LoRA, which is then attached to the run's base model rebuilt from ``model_name_or_path``).
+    """
+    import torch
+
+    from modeling_llara import LlaraModel
+
+    if not is_sharded(trainer):
+        return export_finetuned(trainer.model, tokenizer, out_dir) if trainer.is_world_process_zero() else None
+    staging = Path(trainer.args.output_dir) / "final-gathered"
+    if not save_gathered(trainer, staging):
+        return None
+    with zero3_init_disabled(trainer.args):
+        if trainer.args.use_lora:
+            from trainers.lora import load_lora
+
+            if not (staging / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"{staging} holds no adapter_config.json: the Trainer did not save a LoRA adapter")
+            model = load_lora(LlaraModel.from_pretrained(str(model_name_or_path), dtype=torch.float32), staging)
+        else:
+            model = LlaraModel.from_pretrained(str(staging), dtype=torch.float32)
+        return export_finetuned(model, tokenizer, out_dir)
 
 
 def export_finetuned(model, tokenizer, out_dir: str | os.PathLike) -> Path:
@@ -242,6 +273,7 @@ __all__ = [
     "LlaraFinetuneConfig",
     "LlaraFinetuneTrainer",
     "export_finetuned",
+    "export_finetuned_run",
     "finetune",
     "load_finetune_model",
 ]

@@ -7,11 +7,12 @@ Kept apart from the command-line script so that tests and other pipelines build 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from trainers.sharded import is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 from .collator import PretrainingCollator
 from .data import PretrainingDataArguments, load_pretraining_data
@@ -106,13 +107,7 @@ def build_pretrainer(
     if model_args.use_lora:
         from trainers.lora import apply_lora
 
-        if training_args.fsdp:
-            raise ValueError(
-                "--use_lora under FSDP is not supported: the 16 LLaRA token rows train through peft's trainable-token "
-                "layer, which mixes FSDP2's sharded DTensor weight with plain tensors and fails in the forward pass. "
-                "Use DeepSpeed ZeRO-3 (--deepspeed recipes/deepspeed_zero3.json) for LoRA, or FSDP without LoRA."
-            )
-
+        refuse_lora_under_fsdp(training_args, model_args.use_lora)
         model = apply_lora(
             model,
             r=model_args.lora_r,
@@ -134,27 +129,6 @@ def build_pretrainer(
     return trainer, tokenizer
 
 
-@contextmanager
-def zero3_init_disabled(training_args):
-    """While a DeepSpeed ZeRO-3 config is registered, ``from_pretrained`` partitions what it loads (``zero.Init``):
-    each rank keeps an empty placeholder per weight. The export reloads the gathered checkpoint whole on the
-    main process, so the registration is lifted for the duration and restored after."""
-    from transformers.integrations.deepspeed import (
-        is_deepspeed_zero3_enabled,
-        set_hf_deepspeed_config,
-        unset_hf_deepspeed_config,
-    )
-
-    if not is_deepspeed_zero3_enabled():
-        yield
-        return
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        set_hf_deepspeed_config(training_args.hf_deepspeed_config)
-
-
 def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments) -> Path | None:
     """Write the trained model as a LLaRA folder (LoRA merged); returns its path on the main process."""
     from modeling_llara import LlaraForPretraining
@@ -162,13 +136,11 @@ def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments)
 
     out = Path(model_args.export_dir or Path(trainer.args.output_dir) / "final")
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+    if is_sharded(trainer):
         # Sharded weights: let the Trainer gather them into a full checkpoint (the adapter alone under
         # LoRA), then export from that folder on the main process.
         staging = Path(trainer.args.output_dir) / "final-gathered"
-        trainer.save_model(str(staging))
-        trainer.accelerator.wait_for_everyone()
-        if not trainer.is_world_process_zero():
+        if not save_gathered(trainer, staging):
             return None
         with zero3_init_disabled(trainer.args):
             if model_args.use_lora:
