@@ -12,6 +12,7 @@ from trainers.beir import BeirFormatError, load_beir
 from trainers.evaluation import (
     compute_metrics,
     evaluate_model,
+    format_table,
     format_trec_run,
     rank_bm25,
     read_trec_run,
@@ -149,3 +150,17 @@ def test_tiny_llara_model_is_evaluated_through_the_same_code(collection, tiny_ll
     result = evaluate_model(str(tiny_llara_dir), load_beir(collection), batch_size=16)
     assert result.result.num_queries == 30
     assert all(0.0 <= v <= 1.0 for v in result.result.metrics.values())
+
+
+def test_recall_deeper_than_the_run_is_left_out():
+    # Given a run cut to its top 100 documents, the relevant one at rank 150 of the full ranking is missing
+    qrels = {"q": {"d150": 1, "d5": 1}}
+    run = {"q": {f"d{i}": 1000.0 - i for i in range(100)}}
+    full = compute_metrics(qrels, run)
+    cut = compute_metrics(qrels, run, depth=100)
+    # Then without a depth Recall@1000 reads like Recall@100 (0.5); with it, it is not reported at all
+    assert full.metrics["recall@1000"] == full.metrics["recall@100"] == 0.5
+    assert "recall@1000" not in cut.metrics and "recall@1000" not in cut.per_query["q"]
+    assert cut.metrics["recall@100"] == 0.5 and cut.metrics["ndcg@10"] == full.metrics["ndcg@10"]
+    # And a table of such results has no Recall@1000 column
+    assert "recall@1000" not in format_table([("m", cut.metrics)]) and "recall@100" in format_table([("m", cut.metrics)])

@@ -150,8 +150,14 @@ class EvaluationResult:
         return {"metrics": self.metrics, "num_queries": self.num_queries, "missing_queries": self.missing_queries}
 
 
-def compute_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> EvaluationResult:
-    """nDCG@10, MRR@10, Recall@100, Recall@1000 and MAP of ``run`` against ``qrels`` with pytrec_eval."""
+def compute_metrics(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], *, depth: int | None = None
+) -> EvaluationResult:
+    """nDCG@10, MRR@10, Recall@100, Recall@1000 and MAP of ``run`` against ``qrels`` with pytrec_eval.
+
+    ``depth``: how many documents per query the run was cut to, when known. A recall cut deeper than that
+    (Recall@1000 of a top-100 run) would only repeat the shallower one, so it is left out.
+    """
     import pytrec_eval
 
     qrels = {query_id: dict(judged) for query_id, judged in qrels.items() if judged}
@@ -174,8 +180,15 @@ def compute_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Ma
                 "recall@1000": values["recall_1000"],
                 "map": values["map"],
             }
-    metrics = {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in METRICS}
+    names = [name for name in METRICS if depth is None or _cutoff(name) is None or _cutoff(name) <= depth]
+    per_query = {query_id: {name: values[name] for name in names} for query_id, values in per_query.items()}
+    metrics = {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
     return EvaluationResult(metrics=metrics, num_queries=len(qrels), missing_queries=missing, per_query=per_query)
+
+
+def _cutoff(metric: str) -> int | None:
+    """The rank cut-off of a metric name (``recall@100`` -> 100), None for uncut ones (``map``)."""
+    return int(metric.split("@")[1]) if "@" in metric else None
 
 
 def evaluate_run_file(run_path: str | os.PathLike[str], qrels: Mapping[str, Mapping[str, int]]) -> EvaluationResult:
@@ -320,7 +333,7 @@ def evaluate_model(
         model=model_name,
         dataset=dataset.name,
         split=dataset.split,
-        result=compute_metrics(dataset.qrels, run),
+        result=compute_metrics(dataset.qrels, run, depth=top_k),
         run=run,
         seconds=time.perf_counter() - started,
     )
@@ -342,7 +355,8 @@ def check_run_overlap(
 
 
 def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], *, metrics: Sequence[str] = METRICS) -> str:
-    """A plain-text table, one row per model, metrics as percentages with two decimals."""
+    """A plain-text table, one row per model, metrics as percentages with two decimals (those every row has)."""
+    metrics = [m for m in metrics if all(m in values for _, values in rows)]
     headers = ["model", *metrics]
     cells = [[name, *(f"{100 * values[m]:.2f}" for m in metrics)] for name, values in rows]
     widths = [max(len(str(row[i])) for row in [headers, *cells]) for i in range(len(headers))]
