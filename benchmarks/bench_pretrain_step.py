@@ -47,7 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     p.add_argument("--models", default="tiny,tiny-bytes,smollm2",
                    help="comma list of: tiny (hidden 64, 2 layers, SmolLM2 vocab), tiny-bytes (the test suite's tiny "
-                        "LLaMA: hidden 32, 2 layers, byte-level vocab of 292), smollm2")
+                        "LLaMA: hidden 32, 2 layers, byte-level vocab of 276), smollm2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
@@ -177,7 +177,10 @@ def _loss(variant, model, collator, b, two, args, loss_fn, dev):
                 for row in range(labels.shape[0]):
                     labels[row, : n_text[row] - 1] = inputs["input_ids"][row, 1 : n_text[row]]
                 if variant == "two_pass_fused":
-                    lm, _ = model._chunked_lm_loss(hidden, labels, 1024)  # the one-pass model's default chunk
+                    from modeling_llara.modeling_llara import default_lm_chunk_size
+
+                    chunk = default_lm_chunk_size(model.config.get_text_config().vocab_size)  # the one-pass default
+                    lm, _ = model._chunked_lm_loss(hidden, labels, chunk)
                 else:
                     keep = labels != -100
                     lm = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]).float(), labels[keep])

@@ -271,6 +271,20 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return grad_states, grad_weight, None, None
 
 
+# fp32 logits one LM-term chunk may hold: the chunk size follows the vocabulary, so memory does not.
+LM_CHUNK_BYTES = 64 * 2**20
+
+
+def default_lm_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk of the LM term: as many as fit ``LM_CHUNK_BYTES`` of fp32 logits (at least 16).
+
+    341 tokens for SmolLM2's 49k vocabulary, 524 for LLaMA-2's 32k, 130 for LLaMA-3's 128k: a fixed token
+    count would let the chunk's (tokens, vocab) buffers grow with the vocabulary (a 1024-token chunk over
+    Qwen2's 152k is 0.6 GB per buffer) and, at a batch of 8 x 128 tokens, hold all the text logits at once.
+    """
+    return max(16, LM_CHUNK_BYTES // (4 * vocab_size))
+
+
 def _is_partitioned(weight: torch.Tensor) -> bool:
     """True for a parameter that DeepSpeed ZeRO-3 (``ds_id``) or a sharding wrapper holds outside its module
     call: its full value only exists inside ``module.forward``, so it must be used through the module."""
@@ -307,7 +321,8 @@ class LlaraForPretraining(LlaraPreTrainedModel):
     parts, see ``SEGMENT_*``) with the positions of :func:`dual_suffix_positions` and the mask of
     :func:`dual_suffix_attention_mask`; both suffixes' states equal those of two separate passes.
     LM-head logits are computed only at the 2 x ``num_pooled_tokens`` special positions and, when
-    ``lm_labels`` are given, over the labelled text tokens in chunks of ``lm_chunk_size`` whose gradients
+    ``lm_labels`` are given, over the labelled text tokens in chunks of ``lm_chunk_size`` tokens (default: as
+    many as fit ``LM_CHUNK_BYTES`` of fp32 logits, see :func:`default_lm_chunk_size`) whose gradients
     are taken as each chunk is computed, so (batch, seq, vocab) logits never exist at once.
     """
 
@@ -384,7 +399,7 @@ class LlaraForPretraining(LlaraPreTrainedModel):
         segment_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lm_labels: torch.LongTensor | None = None,
-        lm_chunk_size: int = 1024,
+        lm_chunk_size: int | None = None,
         **kwargs,
     ) -> LlaraPretrainingOutput:
         if input_ids is None or segment_ids is None:
@@ -423,7 +438,8 @@ class LlaraForPretraining(LlaraPreTrainedModel):
         summarize_logits, predict_logits = logits.view(2, batch, k, -1).unbind(0)  # (batch, k, vocab) each
         lm_loss = lm_tokens = None
         if lm_labels is not None:
-            lm_loss, lm_tokens = self._chunked_lm_loss(hidden, lm_labels, lm_chunk_size)
+            vocab = self.config.get_text_config().vocab_size
+            lm_loss, lm_tokens = self._chunked_lm_loss(hidden, lm_labels, lm_chunk_size or default_lm_chunk_size(vocab))
         return LlaraPretrainingOutput(
             summarize_logits=summarize_logits,
             predict_logits=predict_logits,
@@ -593,5 +609,6 @@ __all__ = [
     "LlaraInputBuilder",
     "dual_suffix_attention_mask",
     "dual_suffix_positions",
+    "default_lm_chunk_size",
     "encode",
 ]

@@ -233,3 +233,21 @@ def test_fused_lm_loss_under_bf16_autocast_matches_autograd(tiny_llara_dir, toke
     # And they differ from the fp32 loss by bf16 rounding: the bf16 matmul really ran
     fp32 = llara_impl._LinearCrossEntropySum.apply(states, weight.detach(), batch["lm_labels"][keep], chunk)
     assert not torch.equal(fp32, fused_loss)
+
+
+def test_default_lm_chunk_follows_the_vocabulary(tiny_llara_dir, tokenizer, monkeypatch):
+    # Given the default chunk size: 64 MiB of fp32 logits, whatever the vocabulary
+    assert llara_impl.default_lm_chunk_size(49168) == 341
+    assert llara_impl.default_lm_chunk_size(32000) == 524
+    assert llara_impl.default_lm_chunk_size(10**9) == 16
+    # When the model runs without an explicit lm_chunk_size (a tiny vocabulary of 276 ids)
+    seen = []
+    real = llara_impl._LinearCrossEntropySum.apply
+    monkeypatch.setattr(llara_impl._LinearCrossEntropySum, "apply", lambda *a: seen.append(a[3]) or real(*a))
+    monkeypatch.setattr(llara_impl, "LM_CHUNK_BYTES", 4 * 276 * 20)  # 20 tokens per chunk at this vocabulary
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa")
+    collator = PretrainingCollator(tokenizer, model.config, max_length=190)
+    batch = collator([{"input": t, "next": None} for t in TEXTS])
+    model(**{k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")})
+    # Then the chunk is sized from the model's vocabulary and the module's byte budget
+    assert model.config.get_text_config().vocab_size == 276 and seen == [20]

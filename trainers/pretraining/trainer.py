@@ -31,7 +31,9 @@ class PretrainingArguments(TrainingArguments):
     ebae_weight: float | None = field(default=None, metadata={"help": "Weight of the EBAE term (default: from --loss_mode)."})
     ebar_weight: float | None = field(default=None, metadata={"help": "Weight of the EBAR term (default: from --loss_mode)."})
     lm_chunk_size: int = field(
-        default=1024, metadata={"help": "Text tokens per LM-head chunk of the LM term (bounds the vocab-sized logits in memory)."}
+        default=0,
+        metadata={"help": "Text tokens per LM-head chunk of the LM term (bounds the vocab-sized logits in memory). "
+                          "0 = as many as fit 64 MiB of fp32 logits (341 for a 49k vocabulary, 524 for 32k)."},
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (released: 1e-5, full-parameter)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Linear warmup fraction (released: 10%%)."})
@@ -43,8 +45,8 @@ class PretrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.loss_mode not in LOSS_MODES:
             raise ValueError(f"--loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
-        if self.lm_chunk_size < 1:
-            raise ValueError(f"--lm_chunk_size must be >= 1, got {self.lm_chunk_size}")
+        if self.lm_chunk_size < 0:
+            raise ValueError(f"--lm_chunk_size must be >= 0 (0 = sized from the vocabulary), got {self.lm_chunk_size}")
 
     def make_loss(self, ignore_ids: list[int] | None = None) -> EbaeEbarLoss:
         return EbaeEbarLoss(
@@ -73,7 +75,7 @@ class LlaraPretrainer(Trainer):
             attention_mask=inputs["attention_mask"],
             segment_ids=inputs["segment_ids"],
             lm_labels=inputs["lm_labels"] if self.loss.uses_lm else None,
-            lm_chunk_size=getattr(self.args, "lm_chunk_size", 1024),
+            lm_chunk_size=getattr(self.args, "lm_chunk_size", 0) or None,
         )
         loss, parts = self.loss(outputs, inputs["ebae_target_ids"], inputs["ebar_target_ids"])
         if model.training:
