@@ -18,7 +18,7 @@ Values and gradients of the three agree (the script checks it: max abs differenc
 ``--repeats`` interleaved runs of forward + backward. Writes benchmarks/results/lm_loss.json.
 
     python benchmarks/bench_lm_loss.py
-    python benchmarks/bench_lm_loss.py --hidden 64,576 --chunks 128,256,1024 --repeats 7
+    python benchmarks/bench_lm_loss.py --hidden 64,576 --chunks 128,auto,1024 --repeats 7
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling_llara.modeling_llara import _LinearCrossEntropySum  # noqa: E402
+from modeling_llara.modeling_llara import _LinearCrossEntropySum, default_lm_chunk_size  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "bench_pretrain_step, 576: SmolLM2-135M)")
     p.add_argument("--vocab", type=int, default=49168, help="vocabulary (SmolLM2 + the 16 LLaRA tokens)")
     p.add_argument("--tokens", type=int, default=1016, help="labelled text tokens (batch 8 x 127 next-token targets)")
-    p.add_argument("--chunks", default="256,1024", help="comma list of chunk sizes for the fused variants")
+    p.add_argument("--chunks", default="auto,1024",
+                   help="comma list of chunk sizes for the fused variants; auto = the model's default for --vocab")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lm_loss.json"))
@@ -132,7 +133,7 @@ def ops_table(hidden: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    chunks = [int(c) for c in args.chunks.split(",")]
+    chunks = [default_lm_chunk_size(args.vocab) if c == "auto" else int(c) for c in args.chunks.split(",")]
     rows = []
     for hidden in (int(h) for h in args.hidden.split(",")):
         gen = torch.Generator(device=args.device).manual_seed(0)
