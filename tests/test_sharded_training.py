@@ -42,7 +42,10 @@ SHARDING = {
 # module docstring).
 RUNS = {
     "cpu": {"plain": (None, False, []), "zero3": ("zero3", False, []),
-            "ft_plain": (None, False, []), "ft_zero3": ("zero3", False, [])},
+            "ft_plain": (None, False, []), "ft_zero3": ("zero3", False, []),
+            # two processes of batch 1 = one of batch 2: the weights are partitioned across two ranks
+            "zero3_2proc": ("zero3", False, ["--per_device_train_batch_size", "1"]),
+            "ft_zero3_2proc": ("zero3", False, ["--per_device_train_batch_size", "1"])},
     "cuda": {
         "plain": (None, False, []), "zero3": ("zero3", False, []), "fsdp": ("fsdp", False, []),
         "plain_lora": (None, True, []), "zero3_lora": ("zero3", True, []),
@@ -72,7 +75,8 @@ def _command(model_dir: Path, workdir: Path, name: str, device: str, sharding: s
               "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "3", "--max_steps", "3",
               "--per_device_train_batch_size", "2", "--optim", "sgd", "--lr_scheduler_type", "constant",
               "--save_strategy", "no"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(_free_port())]
+    processes = "2" if name.endswith("_2proc") else "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", processes, "--master_port", str(_free_port())]
     if name.startswith("ft_"):
         cmd += ["-m", "trainers.scripts.finetune", *common, "--train_data", str(workdir / "contrastive.jsonl"),
                 "--group_size", "2", "--learning_rate", "0.05", "--warmup_steps", "0", "--use_lora", str(lora).lower()]
@@ -141,6 +145,15 @@ def _assert_same_training(device, sharded, reference, tiny_llara_dir, workdirs, 
 def test_deepspeed_zero3_run_equals_plain_run(device, tiny_llara_dir, workdirs):
     assert importlib.util.find_spec("deepspeed"), "deepspeed is a test requirement (make install): it is missing"
     _assert_same_training(device, "zero3", "plain", tiny_llara_dir, workdirs)
+
+
+@pytest.mark.parametrize("stage", ["zero3_2proc", "ft_zero3_2proc"])
+def test_two_process_deepspeed_zero3_run_equals_one_process_plain_run(stage, tiny_llara_dir, workdirs):
+    # Given ZeRO-3 over two CPU processes (gloo; each rank holds half of every weight, the export gathers them
+    # across ranks) with batch 1 each, against one plain process with batch 2: the same global batches
+    assert importlib.util.find_spec("deepspeed"), "deepspeed is a test requirement (make install): it is missing"
+    reference = "ft_plain" if stage.startswith("ft_") else "plain"
+    _assert_same_training("cpu", stage, reference, tiny_llara_dir, workdirs, moved=1e-3)
 
 
 def test_finetune_deepspeed_zero3_run_equals_plain_run(tiny_llara_dir, workdirs):

@@ -24,6 +24,27 @@ def refuse_lora_under_fsdp(training_args, use_lora: bool) -> None:
         raise ValueError(LORA_UNDER_FSDP)
 
 
+def init_deepspeed_comm(training_args) -> None:
+    """Let DeepSpeed see the process group before ZeRO-3 loads a model.
+
+    On GPUs the TrainingArguments' device setup initializes DeepSpeed's communication layer. With ``--use_cpu``
+    it only starts torch.distributed (gloo), so ``zero.Init`` inside ``from_pretrained`` counts a world of
+    one process and fails its batch-size check whenever more than one process runs. DeepSpeed then wraps
+    the existing group. A no-op without DeepSpeed, without a process group, or when DeepSpeed already has one.
+    """
+    if not getattr(training_args, "deepspeed", None):
+        return
+    _ = training_args.world_size  # sets up the devices (and the process group) if nothing has yet
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    import deepspeed.comm as ds_comm
+
+    if not ds_comm.is_initialized():
+        ds_comm.init_distributed(dist_backend=torch_dist.get_backend(), verbose=False)
+
+
 def is_sharded(trainer) -> bool:
     return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
 
@@ -59,4 +80,4 @@ def save_gathered(trainer, staging: str | Path) -> bool:
     return trainer.is_world_process_zero()
 
 
-__all__ = ["LORA_UNDER_FSDP", "is_sharded", "refuse_lora_under_fsdp", "save_gathered", "zero3_init_disabled"]
+__all__ = ["LORA_UNDER_FSDP", "init_deepspeed_comm", "is_sharded", "refuse_lora_under_fsdp", "save_gathered", "zero3_init_disabled"]

@@ -21,7 +21,7 @@ from trainers.finetuning.collator import DEFAULT_PASSAGE_MAX_LENGTH, DEFAULT_QUE
 from trainers.finetuning.data import NO_NEGATIVE_POLICIES, ContrastiveDataset, load_examples
 from trainers.finetuning.loss import LlaraContrastiveLoss
 from trainers.lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, DEFAULT_TARGET_MODULES
-from trainers.sharded import is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
+from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
 
     path = str(model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    init_deepspeed_comm(args)
     # fp32 master weights; --bf16/--fp16 run the compute under autocast.
     model = LlaraModel.from_pretrained(path, dtype=torch.float32)
     if model.config.model_type != "llara":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.sharded import is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
+from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 from .collator import PretrainingCollator
 from .data import PretrainingDataArguments, load_pretraining_data
@@ -93,6 +93,7 @@ def build_pretrainer(
     # Seeded before anything random is built (LoRA's A matrices): the Trainer seeds only once it exists, so
     # without this two runs with the same --seed started from different LoRA weights.
     set_seed(training_args.seed)
+    init_deepspeed_comm(training_args)
     model, tokenizer = load_pretraining_model(model_args)
     collator = PretrainingCollator(
         tokenizer,
