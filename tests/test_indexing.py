@@ -111,6 +111,41 @@ def test_flat_index_is_exact_and_shards_equal_one_array(tmp_path):
     np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, brute, axis=1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [7, 300])
+def test_flat_search_by_matmul_equals_faiss_flat_search(monkeypatch, k):
+    import faiss
+
+    import trainers.indexing as indexing
+
+    # Given a flat index over random vectors (no exact ties) and blocks of 256 rows (k=300 spans blocks)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 24)).astype(np.float32)
+    q = rng.standard_normal((64, 24)).astype(np.float32)
+    index = build_index(x)
+    monkeypatch.setattr(indexing, "FLAT_GEMM_BLOCK_ELEMENTS", 64 * 256)
+    monkeypatch.setattr(indexing, "FLAT_GEMM_MIN_QUERIES", 20)
+    # When search_index takes its matrix-product path (64 queries per batch; 10 per batch stays on faiss)
+    assert isinstance(index, faiss.IndexFlat)
+    faiss_calls = []
+    real = indexing._faiss_search
+    monkeypatch.setattr(indexing, "_faiss_search", lambda i, b, n: faiss_calls.append(len(b)) or real(i, b, n))
+    scores, rows = search_index(index, q, k)
+    assert faiss_calls == []
+    small_scores, small_rows = search_index(index, q, k, batch_size=10)
+    assert faiss_calls == [10] * 6 + [4]
+    faiss_scores, faiss_rows = index.search(q, k)
+    # Then it returns what faiss' own flat search returns: the same rows (two BLAS round differently, so rows
+    # whose scores are within float rounding may swap: the exact scores at each rank still agree), same scores
+    exact = q.astype(np.float64) @ x.T.astype(np.float64)  # (queries, vectors)
+    np.testing.assert_allclose(np.take_along_axis(exact, rows, 1), np.take_along_axis(exact, faiss_rows, 1), atol=1e-5)
+    assert (rows == faiss_rows).mean() > 0.999
+    np.testing.assert_allclose(scores, faiss_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(small_rows, faiss_rows)
+    # And queries of the wrong width are refused by name
+    with pytest.raises(ValueError, match=r"queries must be \(num_queries, 24\)"):
+        search_index(index, q[:, :10], k)
+
+
 @pytest.mark.parametrize(
     ("spec", "minimum"),
     [
