@@ -12,8 +12,6 @@ rows whose scores differ by float rounding). Writes benchmarks/results/flat_sear
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainers.indexing import build_index, search_index  # noqa: E402
+from trainers.indexing import atomic_write_json, build_index, search_index  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"vectors": args.vectors, "dim": args.dim, "queries": args.queries, "faiss": faiss.__version__,
               "torch": torch.__version__, "faiss_threads": faiss.omp_get_max_threads(),
               "torch_threads": torch.get_num_threads(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
     return 0
 
 

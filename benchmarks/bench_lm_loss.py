@@ -24,8 +24,6 @@ Values and gradients of the three agree (the script checks it: max abs differenc
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -37,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from modeling_llara.modeling_llara import _LinearCrossEntropySum, default_lm_chunk_size  # noqa: E402
+from trainers.indexing import atomic_write_json  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -169,11 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{row['hidden']:>6} {row['variant']:12} {row['chunk']:>6} {row['ms']:>8} {row['vs_autograd']:>11}")
     result = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
     return 0
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import memprobe  # noqa: E402
+from trainers.indexing import atomic_write_json  # noqa: E402
 VARIANTS = ("one_pass", "two_pass", "two_pass_fused", "full_logits")
 WORDS = ("retrieval models embed passages so that relevant queries land near them in vector space while the "
          "language model adapts its final hidden states to summarize a text and to predict the next one").split()
@@ -275,11 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['model']:10} {v:14} {row[f'{v}_s']:8.3f} {peak if peak is None else round(peak, 1):>9}")
         print(f"{row['model']:10} one/two time ratio: {row['one_vs_two_time']:.3f} (target <= 0.65); "
               f"one/two_fused (same LM kernel): {row['one_vs_two_fused_time']:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, results)
     return 0
 
 
