@@ -126,6 +126,7 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
 
     from modeling_llara import LlaraInputBuilder, LlaraModel
 
+    refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
     path = str(model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     init_deepspeed_comm(args)
@@ -134,7 +135,6 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
     if model.config.model_type != "llara":
         raise ValueError(f"{path} is not a LLaRA model folder: run `llara init` first")
     builder = LlaraInputBuilder(tokenizer, model.config)
-    refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
     if args.use_lora:
         from transformers import set_seed
 
