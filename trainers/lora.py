@@ -132,6 +132,14 @@ def apply_lora(
     return peft_model
 
 
+def require_adapter_dir(adapter_dir) -> None:
+    """Refuse a folder without ``adapter_config.json`` before anything is loaded against it."""
+    from pathlib import Path
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a LoRA adapter folder")
+
+
 def load_lora(model, adapter_dir, is_trainable: bool = False):
     """Attach a saved adapter (a peft ``save_pretrained`` folder or Trainer checkpoint) to ``model``."""
     from peft import PeftModel
@@ -161,4 +169,5 @@ __all__ = [
     "load_lora",
     "lora_config",
     "merge_lora",
+    "require_adapter_dir",
 ]

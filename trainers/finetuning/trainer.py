@@ -247,10 +247,9 @@ def export_finetuned_run(trainer, tokenizer, model_name_or_path: str | os.PathLi
         return None
     with zero3_init_disabled(trainer.args):
         if trainer.args.use_lora:
-            from trainers.lora import load_lora
+            from trainers.lora import load_lora, require_adapter_dir
 
-            if not (staging / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"{staging} holds no adapter_config.json: the Trainer did not save a LoRA adapter")
+            require_adapter_dir(staging)
             model = load_lora(LlaraModel.from_pretrained(str(model_name_or_path), dtype=torch.float32), staging)
         else:
             model = LlaraModel.from_pretrained(str(staging), dtype=torch.float32)

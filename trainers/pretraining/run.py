@@ -165,10 +165,9 @@ def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Pat
     as the run built it (a LLaRA folder, or the same deterministic in-memory conversion of a base LM).
     """
     from trainers.convert import save_llara
-    from trainers.lora import load_lora, merge_lora
+    from trainers.lora import load_lora, merge_lora, require_adapter_dir
 
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: the Trainer did not save a LoRA adapter")
+    require_adapter_dir(adapter_dir)
     base, _ = load_pretraining_model(model_args)
     merged = merge_lora(load_lora(base, adapter_dir)).eval()
     return save_llara(merged, tokenizer, out, overwrite=True)

@@ -31,8 +31,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} has no adapter_config.json: not a LoRA adapter folder")
+    from trainers.lora import require_adapter_dir
+
+    require_adapter_dir(adapter)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
