@@ -204,6 +204,10 @@ def dual_suffix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) ->
     return mask[:, None]  # (batch, 1, seq, seq)
 
 
+# Below this probability ``-log p`` of a rounded fp32 softmax loses digits: the loss comes from the logits.
+_TINY_PROB = 1e-30
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     """Summed cross-entropy of ``states @ weight.T`` against ``targets``, chunk by chunk, gradients in forward.
 
@@ -217,7 +221,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     every chunk (``out=`` and in-place ops), rather than in fresh tensors per operation: on CPU a fresh
     tensor of that size is new memory the kernel must fault in page by page, which can cost more than the
     arithmetic (log-softmax and exp into a fresh tensor ran 3-4x slower, the hidden-64 logits matmul 2x;
-    benchmarks/bench_lm_loss.py measures it).
+    benchmarks/bench_lm_loss.py measures it). One softmax gives both the gradient and the loss
+    (``-log p[target]``), instead of a log-softmax followed by a second exponential over the vocabulary;
+    a target whose probability is below ``_TINY_PROB`` (a loss above 69 nats, where ``log`` of the rounded
+    probability would lose digits) takes its loss from the logits instead. ``chunk_size`` is the most
+    tokens a chunk may hold: the tokens are split into equal chunks, so no small remainder chunk pays a
+    full pass over the weight.
     """
 
     @staticmethod
@@ -227,6 +236,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
         w = weight.to(compute)  # what autocast would hand each matmul, cast once per call
         tokens, vocab = states.shape[0], weight.shape[0]
+        chunk_size = -(-tokens // -(-tokens // chunk_size))  # equal chunks, none above chunk_size
         rows = min(chunk_size, tokens)
         logits = torch.empty((rows, vocab), dtype=torch.float32, device=states.device)
         probs = torch.empty_like(logits)  # log-probabilities, then softmax minus one-hot
@@ -242,12 +252,17 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 torch.mm(chunk, w.T, out=logits[:n])
             else:
                 logits[:n].copy_(torch.mm(chunk, w.T, out=low[:n]))
-            log_probs = torch.log_softmax(logits[:n], dim=-1, out=probs[:n])  # (n, vocab) fp32
-            total -= log_probs.gather(1, chunk_targets).sum()
+            grad_logits = torch.softmax(logits[:n], dim=-1, out=probs[:n])  # (n, vocab) fp32
+            target_probs = grad_logits.gather(1, chunk_targets)  # (n, 1)
+            nll = -torch.log(target_probs)
+            far = (target_probs < _TINY_PROB).flatten().nonzero().flatten()
+            if far.numel():  # rare: exact loss from the logits (the chunk's logits are still in the buffer)
+                rows_far = logits[:n][far]
+                nll[far] = (torch.logsumexp(rows_far, dim=-1, keepdim=True) - rows_far.gather(1, chunk_targets[far]))
+            total += nll.sum()
             if not (need_states or need_weight):
                 continue
-            grad_logits = log_probs.exp_()  # softmax, in place
-            grad_logits.scatter_add_(1, chunk_targets, grad_logits.new_full((n, 1), -1.0))
+            grad_logits.scatter_add_(1, chunk_targets, grad_logits.new_full((n, 1), -1.0))  # softmax minus one-hot
             if low is not None:
                 grad_logits = low[:n].copy_(grad_logits)
             if need_states:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modeling_llara.modeling_llara import SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
+import trainers.pretraining.loss as loss_impl
 from trainers.pretraining import EbaeEbarLoss, PretrainingCollator, bow_loss_from_logits
 from trainers.pretraining.collator import clean_target_text, english_stopwords
 
@@ -49,6 +50,27 @@ def test_vectorized_bow_loss_matches_naive_loop():
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(grad, ref_grad)
     assert has_target.tolist() == [True, True, False, False, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_gradient_equals_amax_with_ties(dtype):
+    # Given logits (fp32, or bf16 as under autocast) where some vocabulary entries tie across 2 or 3 positions
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, 40).to(dtype)
+    logits[:, 5, :10] = logits[:, 2, :10]  # two-way ties (maxima for some entries)
+    logits[0, 7, :4] = logits[0, 2, :4]  # three-way
+    logits[1, :, 20] = 1.0  # all eight equal
+    upstream = torch.randn(3, 40)
+    # When pooled by the loss's max-over-positions and by autograd's amax
+    mine, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    pooled = loss_impl._MaxOverPositions.apply(mine.float())
+    (pooled * upstream).sum().backward()
+    expected = ref.float().amax(dim=1)
+    (expected * upstream).sum().backward()
+    # Then values and gradients are the same, ties sharing the gradient evenly
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    torch.testing.assert_close(mine.grad, ref.grad, rtol=0, atol=1e-7)
+    assert mine.grad[1, :, 20].unique().numel() == 1 and mine.grad[1, 0, 20] != 0
 
 
 def test_bow_loss_without_any_target_is_zero_and_connected():

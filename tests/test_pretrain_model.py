@@ -235,6 +235,30 @@ def test_fused_lm_loss_under_bf16_autocast_matches_autograd(tiny_llara_dir, toke
     assert not torch.equal(fp32, fused_loss)
 
 
+@pytest.mark.parametrize("chunk", [3, 4, 10**6])
+def test_fused_lm_loss_of_improbable_targets_is_exact(chunk):
+    # Given states and a head where some targets are far below the top logit (probability 1e-87 and 0 in
+    # fp32: a rounded softmax cannot give their log), the rest ordinary; 10 tokens in chunks of 3, 4, or one
+    torch.manual_seed(0)
+    states = torch.randn(10, 16, dtype=torch.float64).float()
+    weight = torch.randn(50, 16) * 0.3
+    targets = torch.randint(0, 50, (10,))
+    weight[49] = states[[1, 6]].sum(0) * 40  # logits 10s of units above the rest on rows 1 and 6
+    targets[[1, 6]] = 0
+    mine_states, mine_weight = states.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref_states, ref_weight = states.clone().requires_grad_(), weight.clone().requires_grad_()
+    # When the fused loss and autograd on the full logits run
+    loss = llara_impl._LinearCrossEntropySum.apply(mine_states, mine_weight, targets, chunk)
+    loss.backward()
+    ref_rows = torch.nn.functional.cross_entropy(ref_states @ ref_weight.T, targets, reduction="none")
+    ref_rows.sum().backward()
+    # Then the loss is finite and exact although some rows' target probabilities underflow
+    assert ref_rows[[1, 6]].min() > 69  # the fallback path really ran
+    torch.testing.assert_close(loss, ref_rows.sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(mine_states.grad, ref_states.grad)
+    torch.testing.assert_close(mine_weight.grad, ref_weight.grad)
+
+
 def test_default_lm_chunk_follows_the_vocabulary(tiny_llara_dir, tokenizer, monkeypatch):
     # Given the default chunk size: 64 MiB of fp32 logits, whatever the vocabulary
     assert llara_impl.default_lm_chunk_size(49168) == 341

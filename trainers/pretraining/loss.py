@@ -50,6 +50,28 @@ def target_multi_hot(target_ids: torch.Tensor, vocab_size: int, ignore_ids: torc
     return hot  # (batch, vocab)
 
 
+class _MaxOverPositions(torch.autograd.Function):
+    """``x.amax(dim=1)`` with a cheaper backward: the same gradient (shared evenly among tied maxima).
+
+    Autograd's ``amax`` backward counts the ties with a boolean sum over a (batch, k, vocab) mask, which on
+    CPU converts the whole mask to another dtype first, then multiplies and divides in fresh tensors. Here
+    the 0/1 hit mask is made once in the gradient's dtype, counted, and scaled in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x):  # x (batch, k, vocab)
+        pooled = x.amax(dim=1)  # (batch, vocab)
+        ctx.save_for_backward(x, pooled)
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        x, pooled = ctx.saved_tensors
+        hit = torch.eq(x, pooled.unsqueeze(1)).to(grad_pooled.dtype)  # (batch, k, vocab): 1 at each maximum
+        count = hit.sum(dim=1, keepdim=True)  # (batch, 1, vocab): >= 1
+        return hit.mul_(grad_pooled.unsqueeze(1) / count)
+
+
 def bow_loss_from_logits(
     logits: torch.Tensor,
     target_ids: torch.Tensor,
@@ -66,7 +88,7 @@ def bow_loss_from_logits(
         ``(loss, has_target)``: the mean over rows that have targets of ``-mean(log p[unique targets])``
         (a graph-connected 0 when no row has any), and the (batch,) bool mask of those rows.
     """
-    pooled = logits.float().amax(dim=1)  # (batch, vocab): max over the k positions, in fp32
+    pooled = _MaxOverPositions.apply(logits.float())  # (batch, vocab): max over the k positions, in fp32
     log_probs = torch.log_softmax(pooled, dim=-1)  # (batch, vocab)
     hot = target_multi_hot(target_ids, log_probs.shape[-1], ignore_ids)  # (batch, vocab)
     counts = hot.sum(-1)  # (batch,)
