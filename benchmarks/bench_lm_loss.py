@@ -1,4 +1,4 @@
-"""The chunked LM term of stage 1 (next-token cross-entropy over the text), three ways, side by side.
+"""The chunked LM term of stage 1 (next-token cross-entropy over the text), four ways, side by side.
 
 * ``autograd``  - ``cross_entropy(lm_head(states).float())`` and ``backward()``: what two ordinary passes
                   (``bench_pretrain_step.py``'s ``two_pass``) do; the (tokens, vocab) logits and their
@@ -6,6 +6,10 @@
 * ``fused``     - ``_LinearCrossEntropySum`` as shipped in ``modeling_llara``: chunks of ``--chunk`` tokens,
                   gradients taken in the forward loop, every vocabulary-sized step written into two
                   (chunk, vocab) buffers allocated once per call;
+* ``fused_logsoftmax`` - the shipped kernel of the previous release: the same buffers, but a log-softmax
+                  for the loss and then a second exponential over the vocabulary for the gradient, and
+                  chunks of exactly ``--chunk`` tokens plus a small remainder chunk (the shipped one takes
+                  loss and gradient from one softmax and splits the tokens into equal chunks);
 * ``fused_fresh`` - the same arithmetic with a fresh tensor per operation (logsumexp, then softmax in place):
                   the implementation before the buffers, kept here as the reference the change is measured
                   against.
@@ -14,7 +18,7 @@ Also a per-operation table (``ops``): one (tokens, vocab) matmul / log-softmax /
 into a buffer that already exists, to show where the difference comes from on CPU (a fresh tensor of that
 size is new memory that the kernel hands out page by page on first touch).
 
-Values and gradients of the three agree (the script checks it: max abs difference printed). Time: median of
+Values and gradients of the four agree (the script checks it: max abs difference printed). Time: median of
 ``--repeats`` interleaved runs of forward + backward. Writes benchmarks/results/lm_loss.json.
 
     python benchmarks/bench_lm_loss.py
@@ -78,6 +82,37 @@ class _FreshTensorFused(torch.autograd.Function):
         return grad_states * grad_total, grad_weight * grad_total, None, None
 
 
+class _LogSoftmaxFused(torch.autograd.Function):
+    """The previous release's shipped kernel (fp32 path): buffers, log-softmax, then exp for the gradient."""
+
+    @staticmethod
+    def forward(ctx, states, weight, targets, chunk_size):
+        tokens, vocab = states.shape[0], weight.shape[0]
+        rows = min(chunk_size, tokens)
+        logits = torch.empty((rows, vocab), dtype=torch.float32, device=states.device)
+        probs = torch.empty_like(logits)
+        grad_states = torch.zeros_like(states)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        for start in range(0, tokens, chunk_size):
+            chunk, chunk_targets = states[start : start + chunk_size], targets[start : start + chunk_size, None]
+            n = chunk.shape[0]
+            torch.mm(chunk, weight.T, out=logits[:n])
+            log_probs = torch.log_softmax(logits[:n], dim=-1, out=probs[:n])
+            total -= log_probs.gather(1, chunk_targets).sum()
+            grad_logits = log_probs.exp_()
+            grad_logits.scatter_add_(1, chunk_targets, grad_logits.new_full((n, 1), -1.0))
+            grad_states[start : start + chunk_size] = grad_logits @ weight
+            grad_weight.addmm_(grad_logits.T, chunk)
+        ctx.save_for_backward(grad_states, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_states, grad_weight = ctx.saved_tensors
+        return grad_states * grad_total, grad_weight * grad_total, None, None
+
+
 def _autograd(states, weight, targets, chunk):
     return torch.nn.functional.cross_entropy((states @ weight.T).float(), targets, reduction="sum")
 
@@ -85,6 +120,7 @@ def _autograd(states, weight, targets, chunk):
 VARIANTS = {
     "autograd": _autograd,
     "fused": lambda s, w, t, c: _LinearCrossEntropySum.apply(s, w, t, c),
+    "fused_logsoftmax": lambda s, w, t, c: _LogSoftmaxFused.apply(s, w, t, c),
     "fused_fresh": lambda s, w, t, c: _FreshTensorFused.apply(s, w, t, c),
 }
 
@@ -139,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         weight = (torch.randn(args.vocab, hidden, device=args.device, generator=gen) * 0.02).requires_grad_(True)
         states = torch.randn(args.tokens, hidden, device=args.device, generator=gen).requires_grad_(True)
         targets = torch.randint(0, args.vocab, (args.tokens,), device=args.device, generator=gen)
-        runs = [("autograd", args.tokens)] + [(v, c) for c in chunks for v in ("fused", "fused_fresh")]
+        runs = [("autograd", args.tokens)] + [(v, c) for c in chunks for v in ("fused", "fused_logsoftmax", "fused_fresh")]
         times = {run: [] for run in runs}
         reference = None
         for repeat in range(args.repeats + 1):  # the first round warms up
@@ -160,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                          "vs_autograd": round(statistics.median(t) / autograd_s, 3),
                          "steps_ms": [round(x * 1000, 1) for x in t]})
         rows.append({"hidden": hidden, "ops_ms": ops_table(hidden, args)})
-    print(f"{'hidden':>6} {'variant':12} {'chunk':>6} {'ms':>8} {'vs autograd':>11}")
+    print(f"{'hidden':>6} {'variant':16} {'chunk':>6} {'ms':>8} {'vs autograd':>11}")
     for row in rows:
         if "ops_ms" in row:
             print(f"{row['hidden']:>6} one op, fresh tensor vs buffer (ms): "
                   + ", ".join(f"{k} {v['fresh']} vs {v['buffer']}" for k, v in row["ops_ms"].items()))
         else:
-            print(f"{row['hidden']:>6} {row['variant']:12} {row['chunk']:>6} {row['ms']:>8} {row['vs_autograd']:>11}")
+            print(f"{row['hidden']:>6} {row['variant']:16} {row['chunk']:>6} {row['ms']:>8} {row['vs_autograd']:>11}")
     result = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
