@@ -56,14 +56,27 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _FreshTensorFused(torch.autograd.Function):
+def _zero_gradients(states, weight):
+    """Zero gradients shaped like the inputs (the weight's in fp32) and a zero fp32 loss."""
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    return torch.zeros_like(states), grad_weight, torch.zeros((), dtype=torch.float32, device=states.device)
+
+
+class _GradientsInForward(torch.autograd.Function):
+    """Base of the reference kernels: forward computes the gradients and saves them; backward scales them."""
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_states, grad_weight = ctx.saved_tensors
+        return grad_states * grad_total, grad_weight * grad_total, None, None
+
+
+class _FreshTensorFused(_GradientsInForward):
     """The fused loss before the reusable buffers: same arithmetic, a new tensor per operation."""
 
     @staticmethod
     def forward(ctx, states, weight, targets, chunk_size):
-        grad_states = torch.zeros_like(states)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        grad_states, grad_weight, total = _zero_gradients(states, weight)
         for start in range(0, states.shape[0], chunk_size):
             chunk, chunk_targets = states[start : start + chunk_size], targets[start : start + chunk_size]
             logits = (chunk @ weight.T).float()
@@ -76,13 +89,8 @@ class _FreshTensorFused(torch.autograd.Function):
         ctx.save_for_backward(grad_states, grad_weight)
         return total
 
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_states, grad_weight = ctx.saved_tensors
-        return grad_states * grad_total, grad_weight * grad_total, None, None
 
-
-class _LogSoftmaxFused(torch.autograd.Function):
+class _LogSoftmaxFused(_GradientsInForward):
     """The previous release's shipped kernel (fp32 path): buffers, log-softmax, then exp for the gradient."""
 
     @staticmethod
@@ -91,9 +99,7 @@ class _LogSoftmaxFused(torch.autograd.Function):
         rows = min(chunk_size, tokens)
         logits = torch.empty((rows, vocab), dtype=torch.float32, device=states.device)
         probs = torch.empty_like(logits)
-        grad_states = torch.zeros_like(states)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        grad_states, grad_weight, total = _zero_gradients(states, weight)
         for start in range(0, tokens, chunk_size):
             chunk, chunk_targets = states[start : start + chunk_size], targets[start : start + chunk_size, None]
             n = chunk.shape[0]
@@ -106,11 +112,6 @@ class _LogSoftmaxFused(torch.autograd.Function):
             grad_weight.addmm_(grad_logits.T, chunk)
         ctx.save_for_backward(grad_states, grad_weight)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_states, grad_weight = ctx.saved_tensors
-        return grad_states * grad_total, grad_weight * grad_total, None, None
 
 
 def _autograd(states, weight, targets, chunk):
