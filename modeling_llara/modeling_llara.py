@@ -239,7 +239,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         chunk_size = -(-tokens // -(-tokens // chunk_size))  # equal chunks, none above chunk_size
         rows = min(chunk_size, tokens)
         logits = torch.empty((rows, vocab), dtype=torch.float32, device=states.device)
-        probs = torch.empty_like(logits)  # log-probabilities, then softmax minus one-hot
+        probs = torch.empty_like(logits)  # softmax, then softmax minus one-hot
         low = None if compute == torch.float32 else torch.empty((rows, vocab), dtype=compute, device=states.device)
         grad_states = torch.zeros_like(states) if need_states else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
