@@ -96,10 +96,20 @@ class LlaraSentenceEncoder(InputModule):
             processor_kwargs={**hub_kwargs, **(processor_kwargs or {})},
         )
 
-    def preprocess(self, inputs, prompt: str | None = None, task: str | None = None, **kwargs) -> dict[str, Any]:
+    def preprocess(
+        self, inputs, prompt: str | None = None, task: str | None = None, max_length: int | None = None, **kwargs
+    ) -> dict[str, Any]:
+        """Token ids of ``inputs`` in the LLaRA template of ``task`` (``"query"`` or ``"document"``).
+
+        ``max_length`` (sentence-transformers' per-task training budget) bounds the *total* length, prompt
+        included, as the released fine-tuning code's query/passage lengths do; without it the text alone is cut
+        at ``max_seq_length`` tokens. Either way only the text is cut, never the suffix.
+        """
         texts = self.builder.check_texts(inputs)
         if prompt:
             texts = [prompt + text for text in texts]
+        if max_length is not None:
+            return self.builder(texts, task=task, max_length=max_length)
         budget = self.max_seq_length if self.max_seq_length is not None else self.max_text_tokens
         return self.builder(texts, task=task, max_text_tokens=budget)
 

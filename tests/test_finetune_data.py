@@ -154,3 +154,13 @@ def test_queries_without_negatives_policies():
         ContrastiveDataset(examples, group_size=5, no_negatives="error")
     # group size 1 (in-batch negatives only) needs no negatives at all
     assert ContrastiveDataset(examples, group_size=1, no_negatives="error")[0]["passages"] == ["p0"]
+
+
+def test_to_dataset_gives_sentence_transformers_columns_in_order():
+    examples = [ContrastiveExample(f"q{i}", [f"p{i}"], [f"n{i}.{j}" for j in range(5)]) for i in range(3)]
+    groups = ContrastiveDataset(examples, group_size=3, seed=4)
+    table = groups.to_dataset()
+    # the first column is the query, the second its positive, then the hard negatives: the loss reads positions
+    assert table.column_names == ["anchor", "positive", "negative_1", "negative_2"]
+    for index, row in enumerate(table):
+        assert [row[c] for c in table.column_names] == [groups[index]["query"], *groups[index]["passages"]]

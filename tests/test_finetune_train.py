@@ -66,13 +66,37 @@ def test_cli_with_recipe_trains_and_writes_a_loadable_model(tiny_llara_dir, trai
     assert any("q_proj" in k for k in changed) and any("embed_tokens" in k for k in changed)
 
 
-def test_recipe_with_unknown_option_is_rejected(tmp_path):
+def test_recipe_with_unknown_option_is_a_one_line_usage_error(tmp_path, capsys):
     from trainers.scripts.finetune import parse_args
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("temprature: 0.02\n")
-    with pytest.raises(ValueError, match="temprature"):
+    with pytest.raises(SystemExit) as exit_info:
         parse_args(["--config", str(recipe), "--model_name_or_path", "x", "--train_data", "y", "--output_dir", "o"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "temprature" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train_data", "d"], "--model_name_or_path is required"),
+    (["--model_name_or_path", "m", "--train_data", "d", "--no_negatives", "sometimes"], "invalid choice"),
+    (["--config", "missing.yaml"], "missing.yaml: file not found"),
+])
+def test_usage_errors_name_the_problem(tmp_path, capsys, argv, message):
+    from trainers.scripts.finetune import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([*argv, "--output_dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_zero_steps_is_refused(tmp_path):
+    from trainers.finetuning.trainer import LlaraFinetuneConfig
+
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        LlaraFinetuneConfig(output_dir=str(tmp_path), max_steps=0)
 
 
 def test_flags_override_the_recipe(tmp_path):
@@ -97,9 +121,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_llara_dir, train_j
 
     # Given an uninterrupted 4-step run (dropout on, so RNG state matters) that saved checkpoint-2
     full = finetune(tiny_llara_dir, train_jsonl, config(tmp_path / "a"))
-    # When another run resumes from that checkpoint and finishes
-    resumed = finetune(tiny_llara_dir, train_jsonl, config(tmp_path / "b"),
-                       resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    # When another run resumes from that checkpoint (--resume_from_checkpoint) and finishes
+    resumed = finetune(tiny_llara_dir, train_jsonl,
+                       config(tmp_path / "b", resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")))
     # Then the losses after the checkpoint and the final weights are the same
     losses = lambda r: [h["loss"] for h in r.log_history if "loss" in h]  # noqa: E731
     assert len(losses(full)) == 4
@@ -107,3 +131,30 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_llara_dir, train_j
     a, b = _safetensors(full.model_dir), _safetensors(resumed.model_dir)
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_matryoshka_training_makes_truncated_embeddings_normalized_prefixes(tiny_llara_dir, train_jsonl, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from trainers.finetuning.trainer import LlaraFinetuneConfig, finetune
+
+    # Given a few fine-tuning steps with MatryoshkaLoss over prefixes 8 and 16 of the 32-d embedding
+    args = LlaraFinetuneConfig(
+        output_dir=str(tmp_path / "run"), group_size=2, query_max_length=72, passage_max_length=88, lora_r=4,
+        per_device_train_batch_size=4, max_steps=2, logging_steps=1, use_cpu=True, learning_rate=0.01,
+        save_strategy="no", matryoshka_dims=[16, 8],
+    )
+    result = finetune(tiny_llara_dir, train_jsonl, args)
+    summary = json.loads((tmp_path / "run" / "finetune_summary.json").read_text())
+    assert summary["loss"]["class"] == "MatryoshkaLoss" and summary["loss"]["matryoshka_dims"] == [16, 8]
+    assert all(h["loss"] == h["loss"] for h in result.log_history if "loss" in h)  # finite, logged
+    # When the exported model is loaded with truncate_dim
+    texts = ["apt kernel driver", "font icon server client"]
+    full = SentenceTransformer(str(result.model_dir), trust_remote_code=True, device="cpu")
+    short = SentenceTransformer(str(result.model_dir), trust_remote_code=True, device="cpu", truncate_dim=8)
+    # Then its embeddings are the normalized 8-d prefixes of the full ones
+    for encode in ("encode_query", "encode_document"):
+        whole = torch.as_tensor(getattr(full, encode)(texts))
+        cut = torch.as_tensor(getattr(short, encode)(texts, normalize_embeddings=True))
+        assert cut.shape == (2, 8)
+        assert torch.allclose(cut, torch.nn.functional.normalize(whole[:, :8], dim=-1), atol=1e-6)

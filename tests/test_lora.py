@@ -70,24 +70,25 @@ def test_bad_lora_arguments(tiny_llara_dir):
 
 
 def test_training_steps_change_every_trainable_parameter_and_only_special_rows(tiny_llara_dir):
-    from modeling_llara import LlaraInputBuilder, LlaraModel
-    from trainers.finetuning.collator import LlaraContrastiveCollator
-    from trainers.finetuning.loss import LlaraContrastiveLoss
+    from modeling_llara import LlaraModel
+    from trainers.finetuning.loss import contrastive_loss
+    from trainers.finetuning.trainer import LlaraDataCollator, build_sentence_model
 
-    # Given a LoRA model and a few contrastive steps
+    # Given a LoRA model and a few contrastive steps through the stage-2 loss
     torch.manual_seed(0)
     model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, dropout=0.0)
-    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), model.config)
+    st = build_sentence_model(model, _tokenizer(tiny_llara_dir), tiny_llara_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     embed_before = model.get_input_embeddings()(torch.arange(model.config.get_text_config().vocab_size)).detach()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    collator = LlaraContrastiveCollator(builder, 72, 88)
-    loss_fn = LlaraContrastiveLoss(temperature=0.05)
-    batch = collator([{"query": f"query {i}", "passages": [f"answer {i}", f"other {i}"]} for i in range(3)])
+    rows = [{"anchor": f"query {i}", "positive": f"answer {i}", "negative_1": f"other {i}"} for i in range(3)]
+    batch = LlaraDataCollator(preprocess_fn=st.preprocess, max_length={"query": 72, "document": 88})(rows)
+    features = [{k[len(c) + 1:]: v for k, v in batch.items() if k.startswith(c + "_")} for c in rows[0]]
+    loss_fn = contrastive_loss(st, temperature=0.05)
     model.train()
     for _ in range(3):
         optimizer.zero_grad()
-        loss_fn(model, batch).backward()
+        loss_fn(features, None).backward()
         optimizer.step()
     # Then every trainable tensor moved, and of the embedding matrix only the 16 special rows did
     for name, value in before.items():

@@ -412,6 +412,31 @@ class ContrastiveDataset(torch.utils.data.Dataset):
             negatives = self._random_negatives(example, count, rng)
         return {"query": example.query, "passages": [positive, *negatives]}
 
+    def column_names(self) -> list[str]:
+        """The sentence-transformers columns: ``anchor`` (query), ``positive``, ``negative_1`` ...
+
+        Column order is what matters to the loss (the first column is the query, the second its positive,
+        the rest its hard negatives); the names tell the collator which LLaRA prompt each column gets.
+        """
+        return ["anchor", "positive", *[f"negative_{i}" for i in range(1, self.group_size)]]
+
+    def to_dataset(self, epoch: int = 0):
+        """A ``datasets.Dataset`` with one row per query and the groups drawn for ``epoch``.
+
+        sentence-transformers trains on a fixed table, so the groups are drawn once here; a multi-epoch run
+        sees the same groups every epoch (the released code redraws them per epoch).
+        """
+        from datasets import Dataset
+
+        self.set_epoch(epoch)
+        names = self.column_names()
+        columns: dict[str, list[str]] = {name: [] for name in names}
+        for index in range(len(self)):
+            group = self[index]
+            for name, text in zip(names, [group["query"], *group["passages"]]):
+                columns[name].append(text)
+        return Dataset.from_dict(columns)
+
 
 __all__ = [
     "ContrastiveDataset",

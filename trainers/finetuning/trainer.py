@@ -1,39 +1,53 @@
-"""LLaRA stage 2 (contrastive fine-tuning): arguments, Trainer and the end-to-end ``finetune`` run.
+"""LLaRA stage 2 (contrastive fine-tuning) on sentence-transformers' trainer: arguments, Trainer, ``finetune``.
 
-``LlaraFinetuneTrainer`` overrides ``compute_loss`` only; the InfoNCE loss, the cross-device gather
-and GradCache live in :class:`~trainers.finetuning.loss.LlaraContrastiveLoss`. ``finetune`` wires the
-pieces: model (+ LoRA), data (+ report), collator, Trainer, resume, then merges the adapters and
-writes a full LLaRA folder with ``trainers.convert.save_llara``.
+The model being trained is a ``SentenceTransformer`` whose single module is the Hub-shipped LLaRA encoder
+(:class:`modeling_llara.sentence_llara.LlaraSentenceEncoder`), so the ecosystem's trainer, losses,
+evaluators and callbacks apply unchanged. The objective is sentence-transformers'
+``MultipleNegativesRankingLoss`` / ``CachedMultipleNegativesRankingLoss`` (see
+:mod:`trainers.finetuning.loss`). What LLaRA adds, each in a small override:
+
+* :class:`LlaraDataCollator`: the first column (the query) gets the query prompt, every other column the
+  passage prompt, with the released per-side length budgets (query 64 / passage 160 tokens, prompt included);
+* :class:`LlaraFinetuneTrainer` writes checkpoints as the inner ``LlaraModel`` (a full model, or the peft
+  adapter under LoRA) and resumes from them, so that checkpoints, ZeRO-3 gathering and the final merge work
+  on the model class that ships, not on a sentence-transformers folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+from transformers import Trainer
 
-from trainers.finetuning.collator import DEFAULT_PASSAGE_MAX_LENGTH, DEFAULT_QUERY_MAX_LENGTH, LlaraContrastiveCollator
-from trainers.finetuning.data import NO_NEGATIVE_POLICIES, ContrastiveDataset, load_examples
-from trainers.finetuning.loss import LlaraContrastiveLoss
+from trainers.finetuning.data import ContrastiveDataset, load_examples
+from trainers.finetuning.loss import DEFAULT_TEMPERATURE, contrastive_loss, loss_config
 from trainers.lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, DEFAULT_TARGET_MODULES
 from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 logger = logging.getLogger(__name__)
 
+# Released recipe (FlagEmbedding research/LLARA fine-tuning): totals including the LLaRA prompt.
+DEFAULT_QUERY_MAX_LENGTH = 64
+DEFAULT_PASSAGE_MAX_LENGTH = 160
+QUERY_TASK, DOCUMENT_TASK = "query", "document"
+
 
 @dataclass
-class LlaraFinetuneConfig(TrainingArguments):
+class LlaraFinetuneConfig(SentenceTransformerTrainingArguments):
     """Training arguments of LLaRA contrastive fine-tuning; defaults follow the released recipe.
 
     ``per_device_train_batch_size`` counts *queries*; each brings ``group_size`` passages.
     """
 
-    temperature: float = field(default=0.01, metadata={"help": "InfoNCE temperature: scores are q.p / temperature (released: 0.01)."})
+    temperature: float = field(
+        default=DEFAULT_TEMPERATURE, metadata={"help": "InfoNCE temperature: scores are q.p / temperature (released: 0.01)."}
+    )
     group_size: int = field(default=16, metadata={"help": "Passages per query: 1 positive + group_size-1 hard negatives (released: 16)."})
     query_max_length: int = field(
         default=DEFAULT_QUERY_MAX_LENGTH, metadata={"help": "Total query length in tokens, LLaRA prompt included (released: 64)."}
@@ -42,16 +56,25 @@ class LlaraFinetuneConfig(TrainingArguments):
         default=DEFAULT_PASSAGE_MAX_LENGTH, metadata={"help": "Total passage length in tokens, LLaRA prompt included (released: 160)."}
     )
     gradcache_chunk_size: int = field(
-        default=0, metadata={"help": "GradCache: encode in chunks of this many rows (same gradients, less memory). 0 = off."}
+        default=0,
+        metadata={"help": "GradCache (CachedMultipleNegativesRankingLoss): encode in mini-batches of this many rows "
+                          "(same gradients, less memory). 0 = off."},
     )
     gather_across_devices: bool = field(
         default=True, metadata={"help": "Use the passages of all devices as negatives (all-gather; local slice keeps its gradient)."}
     )
-    no_negatives: str = field(
-        default="random",
-        metadata={"help": f"Queries without negatives: one of {NO_NEGATIVE_POLICIES} (random = random corpus passages)."},
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={"help": "Also train these embedding prefixes with MatryoshkaLoss (e.g. 576 256 128), so that "
+                          "SentenceTransformer(..., truncate_dim=d) works. Not part of the released recipe."},
     )
-    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters and the 16 special-token rows (released recipe); False = all weights."})
+    no_negatives: Literal["random", "skip", "error"] = field(
+        default="random",
+        metadata={"help": "Queries without negatives: random corpus passages, skip them, or stop with an error."},
+    )
+    use_lora: bool = field(
+        default=True, metadata={"help": "Train LoRA adapters (released recipe); False = all weights."}
+    )
     lora_r: int = field(default=DEFAULT_LORA_R, metadata={"help": "LoRA rank (released: 64)."})
     lora_alpha: int = field(default=DEFAULT_LORA_ALPHA, metadata={"help": "LoRA alpha (released: 16)."})
     lora_dropout: float = field(default=DEFAULT_LORA_DROPOUT, metadata={"help": "LoRA dropout (released: 0.1)."})
@@ -60,7 +83,9 @@ class LlaraFinetuneConfig(TrainingArguments):
         metadata={"help": "Linear layers that get LoRA adapters (released: q,k,v,o,gate,up,down projections)."},
     )
     train_special_tokens: bool = field(
-        default=True, metadata={"help": "With LoRA, also train the embedding rows of <s1>..<s16> (new tokens)."}
+        default=True,
+        metadata={"help": "With LoRA, also train the embedding rows of <s1>..<s16>. Our choice, not the released "
+                          "recipe's (its LoRA leaves them at their pretrained values)."},
     )
     # Released-recipe defaults of stock arguments.
     learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate (released: 3e-4 with LoRA)."})
@@ -68,63 +93,101 @@ class LlaraFinetuneConfig(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "Warmup: steps (>= 1) or a fraction of all steps (released: 0.1)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Queries per device and step."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: the collator reads the raw query/passages fields."}
-    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.temperature <= 0:
+        if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if self.no_negatives not in NO_NEGATIVE_POLICIES:
-            raise ValueError(f"no_negatives must be one of {NO_NEGATIVE_POLICIES}, got {self.no_negatives!r}")
         if self.gradcache_chunk_size < 0:
             raise ValueError(f"gradcache_chunk_size must be >= 0, got {self.gradcache_chunk_size}")
-        if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns must be False for LLaRA fine-tuning (the collator needs the raw texts)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {self.max_steps}")
+        if not self.num_train_epochs > 0 and self.max_steps == -1:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        for name in ("query_max_length", "passage_max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def make_loss(self) -> LlaraContrastiveLoss:
-        return LlaraContrastiveLoss(
+    def make_loss(self, model):
+        """The configured sentence-transformers loss for ``model`` (a ``SentenceTransformer``)."""
+        return contrastive_loss(
+            model,
             temperature=self.temperature,
             gather_across_devices=self.gather_across_devices,
             gradcache_chunk_size=self.gradcache_chunk_size or None,
+            matryoshka_dims=self.matryoshka_dims,
         )
 
 
-class _SetEpochCallback(TrainerCallback):
-    """Tell the dataset the epoch, so each epoch draws fresh positives and negatives (resume-safe)."""
+@dataclass
+class LlaraDataCollator(SentenceTransformerDataCollator):
+    """sentence-transformers' collator with LLaRA's routing: column 0 is the query, the others are passages.
 
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(int(state.epoch or 0))
+    An explicit ``router_mapping`` (column name -> ``"query"``/``"document"``) wins; unmapped columns fall back
+    to their position, so a dataset need not name its columns in any particular way.
+    """
+
+    def _get_task_for_column(self, column_name: str, column_position: int, router_mapping: dict[str, str]) -> str | None:
+        return router_mapping.get(column_name) or (QUERY_TASK if column_position == 0 else DOCUMENT_TASK)
 
 
-class LlaraFinetuneTrainer(Trainer):
-    """Trainer for LLaRA contrastive fine-tuning: ``compute_loss`` calls the contrastive loss module."""
+_INNER_PREFIX = "0.auto_model."  # state-dict keys of the LLaRA model inside the SentenceTransformer
 
-    def __init__(self, *args, loss: LlaraContrastiveLoss | None = None, **kwargs):
+
+def llara_backbone(model):
+    """The ``LlaraModel`` (or its peft wrapper) inside a ``SentenceTransformer`` built by :func:`build_sentence_model`."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    return model[0].auto_model
+
+
+class LlaraFinetuneTrainer(SentenceTransformerTrainer):
+    """``SentenceTransformerTrainer`` for LLaRA: LLaRA routing and budgets, checkpoints as the shipped model class."""
+
+    def __init__(self, *args, **kwargs):
+        training_args, model = kwargs.get("args"), kwargs.get("model")
+        if kwargs.get("loss") is None and isinstance(training_args, LlaraFinetuneConfig) and model is not None:
+            kwargs["loss"] = training_args.make_loss(model)
         super().__init__(*args, **kwargs)
-        # The loss is a mean per step and the model's forward takes **kwargs: without this the Trainer
-        # would assume the model scales for gradient accumulation itself and skip the division.
-        self.model_accepts_loss_kwargs = False
-        self.loss = loss if loss is not None else self.args.make_loss()
-        self.add_callback(_SetEpochCallback())
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = self.loss(model, inputs)
-        return (loss, {}) if return_outputs else loss
+    def get_data_collator(self, model, args, processing_class=None):
+        max_length = None
+        if isinstance(args, LlaraFinetuneConfig):
+            max_length = {QUERY_TASK: args.query_max_length, DOCUMENT_TASK: args.passage_max_length}
+        return LlaraDataCollator(
+            preprocess_fn=model.preprocess, router_mapping=args.router_mapping, prompts=args.prompts, max_length=max_length
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # sentence-transformers would write a sentence-transformers folder and ignore ``state_dict`` (the gathered
+        # weights of a ZeRO-3 run); LLaRA checkpoints are the inner model: full weights, or the adapter under LoRA.
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        import torch
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None:
+            state_dict = {key[len(_INNER_PREFIX):]: value for key, value in state_dict.items() if key.startswith(_INNER_PREFIX)}
+        llara_backbone(self.model).save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
+        # The checkpoint holds the inner model (see ``_save``): transformers' loader restores full weights or the
+        # peft adapter into it.
+        Trainer._load_from_checkpoint(self, checkpoint_path, model=llara_backbone(self.model))
 
 
 # ---- end-to-end run ------------------------------------------------------------------------------
 def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetuneConfig):
-    """``(model, tokenizer, builder)``: the shipped ``LlaraModel`` (+ LoRA when ``args.use_lora``)."""
+    """``(model, tokenizer)``: the shipped ``LlaraModel`` (+ LoRA when ``args.use_lora``)."""
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel
+    from modeling_llara import LlaraModel
 
     refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
     path = str(model_name_or_path)
@@ -134,7 +197,6 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
     model = LlaraModel.from_pretrained(path, dtype=torch.float32)
     if model.config.model_type != "llara":
         raise ValueError(f"{path} is not a LLaRA model folder: run `llara init` first")
-    builder = LlaraInputBuilder(tokenizer, model.config)
     if args.use_lora:
         from transformers import set_seed
 
@@ -152,13 +214,17 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
         if args.activation_checkpointing:
             # Frozen embeddings give checkpointed blocks inputs without grad; this keeps the graph alive.
             model.enable_input_require_grads()
-    return model, tokenizer, builder
+    return model, tokenizer
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def build_sentence_model(model, tokenizer, model_name_or_path: str | os.PathLike):
+    """A ``SentenceTransformer`` around a loaded (possibly peft-wrapped) ``LlaraModel``: what the trainer trains."""
+    from sentence_transformers import SentenceTransformer
+
+    from modeling_llara.sentence_llara import LlaraSentenceEncoder
+
+    module = LlaraSentenceEncoder(str(model_name_or_path), model=model, tokenizer=tokenizer)
+    return SentenceTransformer(modules=[module], similarity_fn_name="cosine")
 
 
 @dataclass
@@ -177,34 +243,33 @@ def finetune(
     final_dir: str | os.PathLike | None = None,
     resume_from_checkpoint: str | bool | None = None,
     save_final: bool = True,
+    evaluator=None,
 ) -> FinetuneResult:
     """Fine-tune a LLaRA model on ``train_data`` (jsonl, BEIR folder or datasets dataset).
 
     The merged full model goes to ``final_dir`` (default ``<output_dir>/final``); the data report
-    and a run summary are written next to it. ``resume_from_checkpoint=True`` resumes from the last
-    checkpoint in ``output_dir`` when there is one.
+    and a run summary are written next to it. ``resume_from_checkpoint`` takes a checkpoint folder, or
+    ``True``/``"last"`` for the last checkpoint in ``output_dir`` (``args.resume_from_checkpoint`` is used
+    when this is None). ``evaluator``: any sentence-transformers evaluator (e.g.
+    ``InformationRetrievalEvaluator``), run at the Trainer's ``eval_strategy``.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from trainers.indexing import atomic_write_json
+    from trainers.scripts.recipes import resolve_checkpoint
 
     examples, corpus, report = load_examples(train_data, split=split)
-    dataset = ContrastiveDataset(
+    groups = ContrastiveDataset(
         examples, group_size=args.group_size, corpus=corpus, no_negatives=args.no_negatives, seed=args.data_seed or args.seed,
         report=report,
     )
     logger.info("training data: %s", report.summary())
-    model, tokenizer, builder = load_finetune_model(model_name_or_path, args)
-    collator = LlaraContrastiveCollator(
-        builder, query_max_length=args.query_max_length, passage_max_length=args.passage_max_length
-    )
+    backbone, tokenizer = load_finetune_model(model_name_or_path, args)
+    model = build_sentence_model(backbone, tokenizer, model_name_or_path)
     trainer = LlaraFinetuneTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer
+        model=model, args=args, train_dataset=groups.to_dataset(), processing_class=tokenizer, evaluator=evaluator
     )
-    if resume_from_checkpoint is True:
-        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        resume_from_checkpoint = last  # None: nothing to resume, start fresh
-        if last:
-            logger.info("resuming from %s", last)
-    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    if resume_from_checkpoint is None:
+        resume_from_checkpoint = args.resume_from_checkpoint
+    output = trainer.train(resume_from_checkpoint=resolve_checkpoint(resume_from_checkpoint, args.output_dir))
     from trainers.run_records import save_run_records
 
     save_run_records(trainer, objective="contrastive (InfoNCE)",
@@ -215,7 +280,7 @@ def finetune(
     if out_dir is not None:
         summary = {
             "model": str(model_name_or_path),
-            "loss": trainer.loss.get_config_dict(),
+            "loss": loss_config(trainer.loss),
             "group_size": args.group_size,
             "query_max_length": args.query_max_length,
             "passage_max_length": args.passage_max_length,
@@ -225,7 +290,7 @@ def finetune(
             "data": report.to_dict(),
             "data_summary": report.summary(),
         }
-        _atomic_write_json(Path(args.output_dir) / "finetune_summary.json", summary)
+        atomic_write_json(Path(args.output_dir) / "finetune_summary.json", summary)
     return FinetuneResult(out_dir, dict(output.metrics), report.to_dict(), list(trainer.state.log_history))
 
 
@@ -241,7 +306,7 @@ def export_finetuned_run(trainer, tokenizer, model_name_or_path: str | os.PathLi
     from modeling_llara import LlaraModel
 
     if not is_sharded(trainer):
-        return export_finetuned(trainer.model, tokenizer, out_dir) if trainer.is_world_process_zero() else None
+        return export_finetuned(llara_backbone(trainer.model), tokenizer, out_dir) if trainer.is_world_process_zero() else None
     staging = Path(trainer.args.output_dir) / "final-gathered"
     if not save_gathered(trainer, staging):
         return None
@@ -269,11 +334,16 @@ def export_finetuned(model, tokenizer, out_dir: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "DEFAULT_PASSAGE_MAX_LENGTH",
+    "DEFAULT_QUERY_MAX_LENGTH",
     "FinetuneResult",
+    "LlaraDataCollator",
     "LlaraFinetuneConfig",
     "LlaraFinetuneTrainer",
+    "build_sentence_model",
     "export_finetuned",
     "export_finetuned_run",
     "finetune",
+    "llara_backbone",
     "load_finetune_model",
 ]

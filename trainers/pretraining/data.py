@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch.utils.data import Dataset, IterableDataset
 
@@ -54,7 +54,7 @@ class PretrainingDataArguments:
         metadata={"help": "Text (.txt), jsonl (.jsonl/.json, optionally .gz), parquet files, or datasets save_to_disk folders."},
     )
     text_field: str = field(default="text", metadata={"help": "Field holding a document in jsonl/parquet/datasets rows."})
-    text_unit: str = field(
+    text_unit: Literal["line", "paragraph"] = field(
         default="line", metadata={"help": "Text files: one document per 'line' or per blank-line separated 'paragraph'."}
     )
     chunk_tokens: int | None = field(
@@ -65,11 +65,11 @@ class PretrainingDataArguments:
         default=8,
         metadata={"help": "Documents with fewer tokens are 'too short' (skipped or an error); shorter tails merge into the previous chunk."},
     )
-    no_next: str = field(
+    no_next: Literal["mask", "drop", "self"] = field(
         default="mask",
         metadata={"help": "Last chunk of a document (no next passage): 'mask' (EBAE only), 'drop', or 'self' (own text as EBAR target)."},
     )
-    on_error: str = field(
+    on_error: Literal["error", "skip"] = field(
         default="error", metadata={"help": "Bad records: 'error' (ValueError naming file and line) or 'skip' (counted, logged)."}
     )
     streaming: bool = field(
@@ -81,8 +81,9 @@ class PretrainingDataArguments:
         default=None, metadata={"help": "Cap on bag-of-words target tokens (default: the text budget)."}
     )
     remove_stopwords: bool = field(
-        default=False,
-        metadata={"help": "Drop punctuation and English stopwords (shipped list) from EBAE/EBAR targets, as the released run."},
+        default=True,
+        metadata={"help": "Drop punctuation and English stopwords (shipped list) from EBAE/EBAR targets, as the released "
+                          "run did (--remove_stopwords false keeps every target token)."},
     )
 
     def __post_init__(self):

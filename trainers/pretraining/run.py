@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -33,10 +34,10 @@ class PretrainingModelArguments:
     export_dir: str | None = field(
         default=None, metadata={"help": "Where the final LLaRA model folder is written (default: <output_dir>/final)."}
     )
-    attn_implementation: str = field(
+    attn_implementation: Literal["sdpa", "eager"] = field(
         default="sdpa", metadata={"help": "'sdpa' or 'eager': the one-pass input needs a custom 4D mask (no flash-attention)."}
     )
-    model_dtype: str = field(
+    model_dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32",
         metadata={"help": "Dtype the weights are loaded in ('float32', 'bfloat16', 'float16'); with --bf16/--fp16 keep float32 "
                   "for mixed precision."},

@@ -12,6 +12,7 @@ as in the released code's per-device token mean).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -23,7 +24,7 @@ from .loss import LOSS_MODES, EbaeEbarLoss
 class PretrainingArguments(TrainingArguments):
     """TrainingArguments of EBAE/EBAR pretraining; the defaults follow the released run where it is known."""
 
-    loss_mode: str = field(
+    loss_mode: Literal["reference", "paper"] = field(
         default="reference",
         metadata={"help": f"One of {LOSS_MODES}: 'reference' = LM + (EBAE/10 + EBAR/10)/2 (released code); 'paper' = EBAE + EBAR."},
     )
@@ -47,6 +48,11 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(f"--loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
         if self.lm_chunk_size < 0:
             raise ValueError(f"--lm_chunk_size must be >= 0 (0 = sized from the vocabulary), got {self.lm_chunk_size}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be >= 1 (or -1 to train --num_train_epochs), got {self.max_steps}")
+        for name in ("lm_weight", "ebae_weight", "ebar_weight"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
     def make_loss(self, ignore_ids: list[int] | None = None) -> EbaeEbarLoss:
         return EbaeEbarLoss(

@@ -15,13 +15,12 @@ import sys
 
 
 def make_parser():
-    from transformers import HfArgumentParser
-
     from trainers.pretraining.data import PretrainingDataArguments
     from trainers.pretraining.run import PretrainingModelArguments
     from trainers.pretraining.trainer import PretrainingArguments
+    from trainers.scripts.recipes import make_recipe_parser
 
-    parser = HfArgumentParser(
+    return make_recipe_parser(
         (PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments),
         prog="llara pretrain",
         description=(
@@ -31,23 +30,6 @@ def make_parser():
             "(<output_dir>/final unless --export_dir) that loads with AutoModel/SentenceTransformer(trust_remote_code=True)."
         ),
     )
-    parser.add_argument("--config", default=None, help="YAML recipe with defaults for any of the options below")
-    return parser
-
-
-def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, config = [], None
-    it = iter(argv)
-    for arg in it:
-        if arg == "--config":
-            config = next(it, None)
-            if config is None:
-                raise SystemExit("llara pretrain: --config needs a file")
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return config, rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,39 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     from pathlib import Path
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
-    config, rest = _split_config(argv)
-    if config is not None:
-        import yaml
+    from trainers.scripts.recipes import parse_recipe_args, resolve_checkpoint
 
-        path = Path(config)
-        if not path.is_file():
-            parser.error(f"--config {config}: file not found")
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(recipe, dict):
-            parser.error(f"--config {config}: expected a mapping of option: value")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(recipe) - known)
-        if unknown:
-            parser.error(f"--config {config}: unknown options {unknown}")
-        parser.set_defaults(**recipe)
-        # A value from the recipe satisfies an option that would otherwise be required.
-        for action in parser._actions:
-            if action.dest in recipe:
-                action.required = False
-    model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=rest)
-
-    from transformers.trainer_utils import get_last_checkpoint
+    model_args, data_args, training_args = parse_recipe_args(make_parser(), argv, required=("train_files",))
 
     from trainers.pretraining.run import build_pretrainer, export_pretrained
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     trainer, tokenizer = build_pretrainer(model_args, data_args, training_args)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("auto", "last", "latest"):
-        resume = get_last_checkpoint(training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir))
     from trainers.run_records import save_run_records
 
     save_run_records(trainer, objective=f"ebae/ebar ({training_args.loss_mode})", datasets=data_args.train_files)

@@ -1,0 +1,76 @@
+"""Command-line + YAML recipe parsing for the training commands, through ``trl.TrlParser``.
+
+``TrlParser`` is transformers' ``HfArgumentParser`` plus ``--config recipe.yaml``: the recipe's keys are option
+names and set defaults, flags given on the command line override them, and an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def make_recipe_parser(dataclass_types: Sequence[type], prog: str, description: str):
+    """A ``TrlParser`` over ``dataclass_types`` whose ``--help`` also documents ``--config``."""
+    from trl import TrlParser
+
+    parser = TrlParser(tuple(dataclass_types), prog=prog, description=description)
+    parser.add_argument(
+        "--config", default=None, metavar="RECIPE.yaml",
+        help="YAML recipe: option names as keys (e.g. recipes/*.yaml); flags on the command line win",
+    )
+    return parser
+
+
+def parse_recipe_args(parser, argv: Sequence[str] | None, required: Sequence[str] = ()) -> tuple:
+    """The dataclasses of ``parser`` from ``argv`` (+ ``--config``); ``required`` options must be set somewhere.
+
+    Usage errors (a missing or malformed recipe, an unknown key, a missing required option) go through
+    ``parser.error``: one line on stderr and exit code 2.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if "--config" in args:
+        position = args.index("--config")
+        if position + 1 >= len(args):
+            parser.error("--config needs a YAML file")
+        path = args[position + 1]
+        if not os.path.isfile(path):
+            parser.error(f"--config {path}: file not found")
+    try:
+        parsed = parser.parse_args_and_config(args=args)
+    except ValueError as error:  # TrlParser: a recipe that is not a mapping, or keys no option has
+        parser.error(str(error).splitlines()[0])
+    # The ``--config`` option (documented in --help, consumed by TrlParser) comes back as a trailing Namespace.
+    parsed = tuple(obj for obj in parsed if dataclasses.is_dataclass(obj))
+    for name in required:
+        if not any(getattr(obj, name, None) for obj in parsed):
+            parser.error(f"--{name} is required (as a flag or in --config)")
+    return parsed
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """``True``/``"true"``/``"last"``/``"auto"``: the last checkpoint in ``output_dir`` (None when there is none); a path: that path."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume_from_checkpoint in (None, False, "", "false", "False"):
+        return None
+    if resume_from_checkpoint in (True, "true", "True", "last", "latest", "auto"):
+        last = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
+        if last:
+            logger.info("resuming from %s", last)
+        return last
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+    return str(path)
+
+
+__all__ = ["make_recipe_parser", "parse_recipe_args", "resolve_checkpoint"]
