@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -48,32 +48,24 @@ def load_encoder(name_or_path: str, *, device: str | None = None) -> SentenceTra
     return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust)
 
 
-def document_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
-    """Passage side: ``encode_document`` (the LLaRA summarize suffix is applied inside the model)."""
-
+def _normalized(encode_side: Callable[..., Any], batch_size: int) -> EncodeFn:
     def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            model.encode_document(
-                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            ),
-            dtype=np.float32,
+        embeddings = encode_side(
+            texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
         )
+        return np.asarray(embeddings, dtype=np.float32)
 
     return encode
+
+
+def document_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
+    """Passage side: ``encode_document`` (the LLaRA summarize suffix is applied inside the model)."""
+    return _normalized(model.encode_document, batch_size)
 
 
 def query_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
     """Query side: ``encode_query`` (the LLaRA predict suffix is applied inside the model)."""
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            model.encode_query(
-                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            ),
-            dtype=np.float32,
-        )
-
-    return encode
+    return _normalized(model.encode_query, batch_size)
 
 
 def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:

@@ -119,29 +119,18 @@ def llara_model_meta(
     """
     path = Path(name)
     local = path.is_dir()
-    config = _read_config(path) if local else {}
     fields: dict[str, Any] = dict(
+        _folder_fields(path if local else None),
         loader=LlaraEncoderWrapper,
         loader_kwargs={"trust_remote_code": True, **(loader_kwargs or {})},
         name=str(path.resolve()) if local else name,
         revision=revision,
-        release_date=None,
         languages=["eng-Latn"],
-        n_parameters=_count_safetensors_parameters(path) if local else None,
-        memory_usage_mb=None,
-        max_tokens=_find_key(config, "max_position_embeddings"),
-        embed_dim=_find_key(config, "hidden_size"),
-        license=None,
-        open_weights=True,
         public_training_code=LLARA_TRAINING_CODE,
-        public_training_data=None,
         framework=["Sentence Transformers", "PyTorch", "safetensors"],
         reference=LLARA_PAPER_URL,
-        # Embeddings are L2-normalized, so cosine equals the dot product LLaRA was trained with.
-        similarity_fn_name=ScoringFunction.COSINE,
         # Fixed query and passage prompts (the two suffixes) count as instructions for mteb.
         use_instructions=True,
-        training_datasets=None,
         adapted_from=None,
         model_type=["dense"],
         citation=LLARA_BIBTEX,
@@ -153,26 +142,34 @@ def llara_model_meta(
 def sentence_transformer_model_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """A ModelMeta for a local non-LLaRA sentence-transformers folder (mteb has none for local paths)."""
     path = Path(path).resolve()
-    config = _read_config(path)
     return ModelMeta(
+        **_folder_fields(path),
         loader=SentenceTransformerEncoderWrapper,
         name=str(path),
         revision=None,
-        release_date=None,
         languages=None,
-        n_parameters=_count_safetensors_parameters(path),
-        memory_usage_mb=None,
-        max_tokens=_find_key(config, "max_position_embeddings"),
-        embed_dim=_find_key(config, "hidden_size"),
-        license=None,
-        open_weights=True,
         public_training_code=None,
-        public_training_data=None,
         framework=["Sentence Transformers", "PyTorch"],
-        similarity_fn_name=ScoringFunction.COSINE,
         use_instructions=None,
-        training_datasets=None,
     )
+
+
+def _folder_fields(path: Path | None) -> dict[str, Any]:
+    """The ModelMeta fields both kinds share: sizes read from a local folder's files, the rest not known."""
+    config = _read_config(path) if path is not None else {}
+    return {
+        "n_parameters": _count_safetensors_parameters(path) if path is not None else None,
+        "max_tokens": _find_key(config, "max_position_embeddings"),
+        "embed_dim": _find_key(config, "hidden_size"),
+        "release_date": None,
+        "memory_usage_mb": None,
+        "license": None,
+        "open_weights": True,
+        "public_training_data": None,
+        "training_datasets": None,
+        # Embeddings are L2-normalized, so cosine equals the dot product the model was trained with.
+        "similarity_fn_name": ScoringFunction.COSINE,
+    }
 
 
 def register_local_model(path: str | os.PathLike[str]) -> str:
