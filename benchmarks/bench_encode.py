@@ -16,7 +16,6 @@ Targets: llara >= 1.5x card, llara >= 0.95x backbone. Prints a table, writes JSO
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import time
@@ -133,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"llara vs card: {result['speedup_vs_card']:.2f}x (target >= 1.5); "
           f"llara vs bare backbone: {result['ratio_vs_backbone']:.3f}x (target >= 0.95); "
           f"max |llara - card| = {diff:.2e}")
+    from trainers.io import atomic_write_json
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, result)
     print(f"saved {out}")
     return 0
 

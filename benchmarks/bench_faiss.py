@@ -1,4 +1,4 @@
-"""Benchmark the FAISS index types of ``trainers.indexing`` on clustered vectors of dimension 576.
+"""Benchmark the FAISS index types of ``trainers.retrieval.faiss_index`` on clustered vectors of dimension 576.
 
 For each size (default 100k and 1M vectors, same run) and each index type it measures build time
 (training + adding), search time per query, memory per vector (serialized index size / vectors) and
@@ -40,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.indexing import IndexSpec, atomic_write_json, build_index, search_index, set_search_params  # noqa: E402
+from trainers.io import atomic_write_json  # noqa: E402
+from trainers.retrieval.faiss_index import IndexSpec, build_index, search_index, set_search_params  # noqa: E402
 
 DIM = 576
 NUM_CLUSTERS = 1024

@@ -21,7 +21,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainers.indexing import atomic_write_json, build_index, search_index  # noqa: E402
+from trainers.io import atomic_write_json  # noqa: E402
+from trainers.retrieval.faiss_index import build_index, search_index  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

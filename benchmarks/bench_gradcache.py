@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import memprobe  # noqa: E402
 
+from trainers.io import atomic_write_json  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -166,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
           f"step time x{summary['time_ratio_gradcache_over_plain']:.2f}; |loss diff| {summary['loss_abs_diff']:.2e}, "
           f"grad-norm rel diff {summary['grad_norm_rel_diff']:.2e}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, summary)
     print(f"wrote {out}")
     return 0
 

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from modeling_llara.modeling_llara import _LinearCrossEntropySum, default_lm_chunk_size  # noqa: E402
-from trainers.indexing import atomic_write_json  # noqa: E402
+from trainers.io import atomic_write_json  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import memprobe  # noqa: E402
-from trainers.indexing import atomic_write_json  # noqa: E402
+from trainers.io import atomic_write_json  # noqa: E402
 VARIANTS = ("one_pass", "two_pass", "two_pass_fused", "full_logits")
 WORDS = ("retrieval models embed passages so that relevant queries land near them in vector space while the "
          "language model adapts its final hidden states to summarize a text and to predict the next one").split()

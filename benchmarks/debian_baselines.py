@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -39,32 +38,18 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from trainers import debian_data  # noqa: E402
+from trainers.io import atomic_write_json  # noqa: E402
+from trainers.retrieval.beir import load_beir  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "debian_baselines.json"
 TOP_K = 100
 
 
 def read_beir(beir_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """Read corpus/queries/qrels back from BEIR files (title is joined if non-empty)."""
-    corpus: dict[str, str] = {}
-    with open(beir_dir / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            corpus[rec["_id"]] = f"{rec['title']}\n{rec['text']}" if rec.get("title") else rec["text"]
-    queries: dict[str, str] = {}
-    with open(beir_dir / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            queries[rec["_id"]] = rec["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    with open(beir_dir / "qrels" / "test.tsv", encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        if header != ["query-id", "corpus-id", "score"]:
-            raise ValueError(f"unexpected qrels header in {beir_dir}: {header}")
-        for line in fh:
-            qid, did, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(qid, {})[did] = int(score)
-    return corpus, queries, qrels
+    """Read corpus/queries/qrels back from BEIR files (title and text joined as every model reads them)."""
+    data = load_beir(beir_dir, "test")
+    doc_ids, texts = data.passages()
+    return dict(zip(doc_ids, texts, strict=True)), data.queries, data.qrels
 
 
 def topk_run(scores: np.ndarray, qids: Sequence[str], dids: Sequence[str], k: int) -> dict[str, dict[str, float]]:
@@ -213,10 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
     }
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(out.suffix + ".tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_out, out)
+    atomic_write_json(out, payload)
     print(f"wrote {out}")
     return 0
 

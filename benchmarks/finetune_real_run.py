@@ -5,7 +5,7 @@
 2. mine hard negatives for the training queries (BM25 by default, or ``--mine dense`` with the
    starting model) from the training documents, rank window ``--range``;
 3. evaluate the starting model on the held-out queries (exact FAISS search; nDCG@10, MRR@10,
-   Recall@100 via ``trainers.evaluation.compute_metrics``);
+   Recall@100 via ``trainers.retrieval.evaluation.compute_metrics``);
 4. fine-tune with ``trainers.finetuning.finetune`` (LoRA r64/alpha16/dropout 0.1, special-token rows
    trainable, InfoNCE temperature 0.01, GradCache) for ``--max-steps`` steps; merge; save;
 5. evaluate the merged model; plot the loss curve; write everything under ``--out``.
@@ -20,8 +20,6 @@ summary goes to ``benchmarks/results/finetune_real_run.json`` (loss curve: ``fin
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from trainers.io import atomic_write_json  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
 def evaluate(model, builder, collection, args, desc: str) -> dict:
     import faiss
 
-    from trainers.evaluation import compute_metrics
+    from trainers.retrieval.evaluation import compute_metrics
     from trainers.finetuning.mining import encode_texts
 
     doc_ids, doc_texts = list(collection.corpus), list(collection.corpus.values())
@@ -173,12 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "timings": timings,
         "train_metrics": result.train_metrics,
     }
-    text = json.dumps(summary, indent=2, default=str) + "\n"
     for path in (out / "results.json", ROOT / "benchmarks" / "results" / "finetune_real_run.json"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_json(path, summary, default=str)
     print(f"\n{'metric':<12} {'before':>8} {'after':>8}")
     for metric in ("ndcg@10", "mrr@10", "recall@100"):
         print(f"{metric:<12} {before[metric]:>8.4f} {after[metric]:>8.4f}")

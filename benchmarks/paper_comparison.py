@@ -145,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items()}
     result = {"settings": settings, "pipeline_config": work.__dict__, "summary": summary, "tests": tests,
               "seconds": round(time.perf_counter() - started, 1)}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "paper_comparison.json").write_text(json.dumps(result, indent=2, default=str))
-    (root / "paper_comparison.md").write_text(table + "\n")
+    from trainers.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(root / "paper_comparison.json", result, default=str)
+    atomic_write_text(root / "paper_comparison.md", table + "\n")
     p.plot([{"label": k, "metrics": {"ndcg@10": v["ndcg@10"], "mrr@10": v["mrr@10"]}} for k, v in summary.items()],
            {}, root / "paper_comparison.png")
     print("\n" + table)

@@ -17,14 +17,14 @@ Writes ``benchmarks/results/pretrain_real_run.json`` (metrics, settings, log his
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from trainers.io import atomic_open, atomic_write_json  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -48,8 +48,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def retrieval_metrics(model_dir: str, beir_dir: Path) -> dict:
     """pytrec_eval metrics of ``model_dir`` on the held-out collection, through ``llara evaluate``'s code."""
-    from trainers.beir import load_beir
-    from trainers.evaluation import evaluate_model
+    from trainers.retrieval.beir import load_beir
+    from trainers.retrieval.evaluation import evaluate_model
 
     evaluation = evaluate_model(str(model_dir), load_beir(beir_dir, split="test"), top_k=1000, show_progress=True)
     return {**evaluation.result.metrics, "queries": evaluation.result.num_queries, "seconds": round(evaluation.seconds, 1)}
@@ -71,9 +71,8 @@ def plot(history: list[dict], path: Path) -> None:
     ax.set_title("LLaRA EBAE/EBAR pretraining (SmolLM2-135M, Debian descriptions)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"before": before, "after": after, "settings": vars(args), "data": trainer.train_dataset.stats.as_dict(),
               "log_history": history}
     out = RESULTS / "pretrain_real_run.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write_json(out, report, default=str)
     print(f"{'':8} {'nDCG@10':>8} {'MRR@10':>8}")
     for name, m in (("before", before), ("after", after)):
         print(f"{name:8} {m['ndcg@10']:8.4f} {m['mrr@10']:8.4f}")

@@ -9,14 +9,13 @@
 Importing this package imports no torch/transformers; the functions import them when called.
 """
 
-from .card_data import CITATION, LlaraCardData, ModelFacts
+from .card_data import LlaraCardData, ModelFacts
 from .export import NotLlaraModelError, export_model, render_model_card, validate_card
 from .push import PushError, push_folder
 from .results import EvalRecord, ResultsFormatError, read_result_file, read_results
 from .training import TrainingSummary, read_training_summary
 
 __all__ = [
-    "CITATION",
     "EvalRecord",
     "LlaraCardData",
     "ModelFacts",

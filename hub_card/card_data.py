@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainers.citation import LLARA_BIBTEX, LLARA_PAPER_URL
+
 from .results import EvalRecord
 from .training import TrainingSummary
 
@@ -24,16 +26,6 @@ DEFAULT_TAGS = (
     "mteb",
     "custom_code",
 )
-PAPER_URL = "https://arxiv.org/abs/2312.15503"
-CITATION = """@misc{li2023llara,
-  title         = {Making Large Language Models A Better Foundation For Dense Retrieval},
-  author        = {Chaofan Li and Zheng Liu and Shitao Xiao and Yingxia Shao},
-  year          = {2023},
-  eprint        = {2312.15503},
-  archivePrefix = {arXiv},
-  primaryClass  = {cs.CL},
-  url           = {https://arxiv.org/abs/2312.15503}
-}"""
 
 
 @dataclass
@@ -86,7 +78,7 @@ class LlaraCardData:
     versions: dict[str, str] = field(default_factory=dict)
     # package -> {"specifier": ..., "reason": ...}, as config_sentence_transformers.json declares it
     requirements: dict[str, dict[str, str]] = field(default_factory=dict)
-    citation: str = CITATION
+    citation: str = LLARA_BIBTEX
 
     def eval_results(self) -> list:
         """One ``EvalResult`` per (record, shown metric): the model-index of the YAML block."""
@@ -142,7 +134,7 @@ class LlaraCardData:
             "versions": self.versions,
             "requirements": self.requirements,
             "citation": self.citation,
-            "paper_url": PAPER_URL,
+            "paper_url": LLARA_PAPER_URL,
         }
 
 
@@ -173,4 +165,4 @@ def _eval_tables(own: list[EvalRecord], baselines: list[EvalRecord]) -> list[dic
     return list(tables.values())
 
 
-__all__ = ["CITATION", "DEFAULT_TAGS", "LIBRARY_NAME", "LlaraCardData", "ModelFacts", "PAPER_URL", "PIPELINE_TAG"]
+__all__ = ["DEFAULT_TAGS", "LIBRARY_NAME", "LlaraCardData", "ModelFacts", "PIPELINE_TAG"]

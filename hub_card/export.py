@@ -6,7 +6,7 @@ sentence-transformers files (with a ``requirements`` block) and ``README.md``: a
 :class:`~hub_card.card_data.LlaraCardData` through ``huggingface_hub.ModelCard.from_template``.
 
 Everything is written into a temporary sibling folder, checked (the card parses, the reloaded weights give
-the in-memory model's embeddings) and only then moved into place with ``os.replace``: a failed export leaves
+the in-memory model's embeddings) and only then moved into place with a rename: a failed export leaves
 no half-written folder behind.
 """
 
@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trainers.io import staged_dir
+from trainers.model_folders import NotLlaraModelError, require_llara_folder
 
 from .card_data import DEFAULT_TAGS, LlaraCardData, ModelFacts
 from .results import read_results, split_own_and_baselines
@@ -38,10 +39,6 @@ PROBE_TEXTS = ("A short probe query.", "A somewhat longer probe document about p
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class NotLlaraModelError(ValueError):
-    """The source folder is not a LLaRA model (nor a LoRA adapter over one)."""
-
-
 @dataclass
 class LoadedSource:
     model: Any
@@ -52,27 +49,8 @@ class LoadedSource:
 
 
 # ---- loading and checking the source -----------------------------------------------------------
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise NotLlaraModelError(
-            f"{folder} is not a LLaRA model folder: no config.json (and no {ADAPTER_CONFIG} of a LoRA adapter)"
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise NotLlaraModelError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
-    if not isinstance(config, dict) or config.get("model_type") != "llara":
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise NotLlaraModelError(
-            f"{folder} is not a LLaRA model folder: config.json has model_type {found!r}, expected 'llara'; "
-            "convert a base LLM first with `llara init --base ... --out ...`"
-        )
-    return config
-
-
 def _check_llara_folder(folder: Path) -> dict[str, Any]:
-    config = _read_config(folder)
+    config = require_llara_folder(folder, "model folder")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         pickles = sorted(p.name for p in folder.glob("*.bin"))
         hint = f" (found {pickles}: pickled weights are not loaded; re-save as safetensors)" if pickles else ""
@@ -372,19 +350,11 @@ def export_model(
         requirements=requirements_block(versions),
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model repository is meant to be shared
-    try:
+    # 0o755/0o644: a model repository is meant to be shared, and some writers create private files.
+    with staged_dir(out, overwrite=overwrite, mode=0o755) as tmp:
         _write_folder(source, builder, card, tmp, verify=verify)
         for path in tmp.iterdir():
-            path.chmod(0o644)  # some writers create private files; every file of a repository is public
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            path.chmod(0o644)
     logger.info("exported %s to %s", model_dir, out)
     return out
 

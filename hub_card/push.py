@@ -33,9 +33,11 @@ def check_export_folder(folder: str | os.PathLike) -> Path:
         missing.append("*.safetensors")
     if missing:
         raise ValueError(f"{folder} is not an exported LLaRA repository (missing {missing}): run `llara export` first")
-    from .export import _read_config, validate_card
+    from trainers.model_folders import require_llara_folder
 
-    _read_config(folder)
+    from .export import validate_card
+
+    require_llara_folder(folder, "exported folder")
     validate_card(folder / "README.md")
     return folder
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.beir import BeirFormatError, load_beir, load_corpus, load_qrels, load_queries, passage_text
+from trainers.retrieval.beir import BeirFormatError, load_beir, load_corpus, load_qrels, load_queries, passage_text
 
 
 def write_beir(root: Path, corpus=None, queries=None, qrels=None, split="test") -> Path:
@@ -122,7 +122,7 @@ def test_qrels_without_header_and_trec_four_columns(tmp_path):
 def test_unknown_ids_warn_with_counts_and_are_dropped(tmp_path, caplog):
     qrels = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tghost\t1\nq9\td2\t1\nq9\td3\t1\n"
     write_beir(tmp_path, qrels=qrels)
-    with caplog.at_level(logging.WARNING, logger="trainers.beir"):
+    with caplog.at_level(logging.WARNING, logger="trainers.retrieval.beir"):
         data = load_beir(tmp_path)
     assert data.qrels == {"q1": {"d1": 1}}
     assert data.dropped == {"unknown_queries": 1, "unknown_docs": 1, "judgements": 3}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainers import debian_data as dd
+from trainers.io import iter_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "data" / "debian" / "build_snapshot.py"
@@ -156,8 +157,7 @@ def test_duplicate_ids_rejected():
 # --- writers -------------------------------------------------------------------
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    return [record for _, record in iter_jsonl(path)]
 
 
 def test_write_beir_roundtrip(splits, tmp_path):
@@ -232,7 +232,7 @@ def test_env_var_override(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content, match", [
     (b"not gzip at all", "cannot read"),
     (gzip.compress(b'{"id": "a", "query": "q"}\n'), r":1: field 'document'"),
-    (gzip.compress(b'{"id": "a", "query": "q", "document": "d"}\n{oops\n'), ":2: invalid JSON"),
+    (gzip.compress(b'{"id": "a", "query": "q", "document": "d"}\n{oops\n'), ":2: not valid JSON"),
     (gzip.compress(b'{"id": "a", "query": "q", "document": "d"}\n' * 2), "duplicate id"),
     (gzip.compress(b""), "empty"),
     (gzip.compress(b'{"id": "a", "query": "q", "document": "d"}\n')[:-6], "cannot read"),

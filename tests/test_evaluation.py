@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.beir import BeirFormatError, load_beir
-from trainers.evaluation import (
+from trainers.retrieval.beir import BeirFormatError, load_beir
+from trainers.retrieval.evaluation import (
     compute_metrics,
     evaluate_model,
     format_table,

@@ -199,7 +199,7 @@ def test_export_folder_is_a_complete_repository(exported, tiny_llara_dir):
             "config_sentence_transformers.json", "sentence_llara_config.json", "configuration_llara.py",
             "modeling_llara.py", "sentence_llara.py"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
-    assert not [p for p in exported.parent.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(f".{exported.name}.")]  # no staging left
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "llara" and config["architectures"] == ["LlaraModel"]
     assert config["auto_map"]["AutoModel"] == "modeling_llara.LlaraModel"

@@ -7,15 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from trainers.indexing import (
+from trainers.retrieval.encoding import encode_in_shards, encode_texts, length_sorted_batches, load_shards
+from trainers.retrieval.faiss_index import (
     IncompleteIndexError,
     IndexSpec,
     build_index,
-    encode_in_shards,
-    encode_texts,
-    length_sorted_batches,
     load_index,
-    load_shards,
     save_index,
     search_index,
 )
@@ -115,7 +112,7 @@ def test_flat_index_is_exact_and_shards_equal_one_array(tmp_path):
 def test_flat_search_by_matmul_equals_faiss_flat_search(monkeypatch, k):
     import faiss
 
-    import trainers.indexing as indexing
+    import trainers.retrieval.faiss_index as indexing
 
     # Given a flat index over random vectors (no exact ties) and blocks of 256 rows (k=300 spans blocks)
     rng = np.random.default_rng(0)
@@ -220,7 +217,7 @@ def test_crash_while_saving_leaves_no_index(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("trainers.indexing.atomic_write_json", crash)
+    monkeypatch.setattr("trainers.retrieval.faiss_index.atomic_write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         save_index(tmp_path / "idx", index, [str(i) for i in range(50)])
     assert list(tmp_path.iterdir()) == []
@@ -246,7 +243,7 @@ def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
 
         encode_query = encode_document
 
-    monkeypatch.setattr("trainers.indexing.load_encoder", lambda name, device=None: StandIn())
+    monkeypatch.setattr("trainers.retrieval.encoding.load_encoder", lambda name, device=None: StandIn())
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) + "\n" for i in range(30)))
     queries = tmp_path / "queries.jsonl"

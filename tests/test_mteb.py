@@ -13,9 +13,9 @@ mteb = pytest.importorskip("mteb")
 from mteb.models.model_meta import ScoringFunction  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
 
-from trainers.beir import load_beir  # noqa: E402
-from trainers.evaluation import evaluate_model  # noqa: E402
-from trainers.mteb_llara import (  # noqa: E402
+from trainers.retrieval.beir import load_beir  # noqa: E402
+from trainers.retrieval.evaluation import evaluate_model  # noqa: E402
+from trainers.retrieval.mteb import (  # noqa: E402
     LlaraEncoderWrapper,
     beir_retrieval_task,
     evaluate_beir_with_mteb,

@@ -22,14 +22,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from modeling_llara import AUTO_MAP, LlaraConfig, LlaraForPretraining, LlaraModel
 from modeling_llara.sentence_llara import write_sentence_transformers_files
+from trainers.io import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +146,7 @@ def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = F
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
-    try:
+    with staged_dir(out, overwrite=overwrite, mode=0o755) as tmp:  # a model folder is meant to be shared
         model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -159,12 +155,6 @@ def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = F
         for path in tmp.iterdir():
             if path.is_file():
                 path.chmod(0o644)  # save_pretrained leaves the weights owner-only
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

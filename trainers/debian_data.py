@@ -14,16 +14,14 @@ This is a library module: it never prints and never parses argv.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import random
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from trainers.io import atomic_write_lines, iter_jsonl, staged_dir, write_jsonl
 
 ENV_VAR = "LLARA_DEBIAN_DATA"
 DEFAULT_SNAPSHOT = Path(__file__).resolve().parent.parent / "data" / "debian" / "descriptions.jsonl.gz"
@@ -68,27 +66,17 @@ def load_pairs(path: str | os.PathLike | None = None) -> list[dict]:
     if not p.is_file():
         origin = f" (from ${ENV_VAR})" if path is None and os.environ.get(ENV_VAR) else ""
         raise FileNotFoundError(f"Debian snapshot not found: {p}{origin}; {REBUILD_HINT}")
-    opener = gzip.open if p.name.endswith(".gz") else open
     pairs: list[dict] = []
     seen: set[str] = set()
     try:
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-                for key in ("id", "query", "document"):
-                    if not isinstance(rec.get(key), str) or not rec[key].strip():
-                        raise ValueError(f"{p}:{lineno}: field {key!r} missing or not a non-empty string")
-                if rec["id"] in seen:
-                    raise ValueError(f"{p}:{lineno}: duplicate id {rec['id']!r}")
-                seen.add(rec["id"])
-                pairs.append({"id": rec["id"], "query": rec["query"], "document": rec["document"]})
+        for lineno, rec in iter_jsonl(p):
+            for key in ("id", "query", "document"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise ValueError(f"{p}:{lineno}: field {key!r} missing or not a non-empty string")
+            if rec["id"] in seen:
+                raise ValueError(f"{p}:{lineno}: duplicate id {rec['id']!r}")
+            seen.add(rec["id"])
+            pairs.append({"id": rec["id"], "query": rec["query"], "document": rec["document"]})
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         # gzip.BadGzipFile is an OSError subclass; truncated streams raise EOFError.
         raise ValueError(f"{p}: cannot read Debian snapshot ({exc}); {REBUILD_HINT}") from exc
@@ -210,28 +198,6 @@ def make_splits(
     )
 
 
-def _atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
-    """Write text lines to ``path`` via a temp file + rename, so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for line in lines:
-                fh.write(line)
-                fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
-
-
-def _dump(obj: Mapping) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
 def write_beir(collection: TestCollection, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``collection`` in BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv.
 
@@ -256,31 +222,17 @@ def write_beir(collection: TestCollection, out_dir: str | os.PathLike, *, overwr
     target = Path(out_dir)
     if target.exists() and not overwrite:
         raise FileExistsError(f"BEIR output directory already exists: {target} (pass overwrite=True)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _atomic_write_lines(tmp / "corpus.jsonl",
-                            (_dump({"_id": did, "title": "", "text": text})
-                             for did, text in collection.corpus.items()))
-        _atomic_write_lines(tmp / "queries.jsonl",
-                            (_dump({"_id": qid, "text": text}) for qid, text in collection.queries.items()))
+    with staged_dir(target, overwrite=overwrite) as tmp:
+        write_jsonl(tmp / "corpus.jsonl",
+                    ({"_id": did, "title": "", "text": text} for did, text in collection.corpus.items()))
+        write_jsonl(tmp / "queries.jsonl", ({"_id": qid, "text": text} for qid, text in collection.queries.items()))
         qrel_lines = ["query-id\tcorpus-id\tscore"]
         for qid, rels in collection.qrels.items():
             for did, score in rels.items():
                 if any(c in s for s in (qid, did) for c in "\t\n"):
                     raise ValueError(f"id contains a tab or newline, cannot write TSV: {qid!r}/{did!r}")
                 qrel_lines.append(f"{qid}\t{did}\t{int(score)}")
-        _atomic_write_lines(tmp / "qrels" / "test.tsv", qrel_lines)
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, trash / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_lines(tmp / "qrels" / "test.tsv", qrel_lines)
     return target
 
 
@@ -303,13 +255,13 @@ def write_training_jsonl(pairs: Iterable[Mapping], path: str | os.PathLike) -> P
     explicit step.  Accepts dicts with ``query`` plus ``document`` (as returned
     by :func:`make_splits`) or ``pos``.
     """
-    def lines():
+    def records():
         for i, pair in enumerate(pairs):
             query = pair.get("query")
             if not isinstance(query, str) or not query.strip():
                 raise ValueError(f"training pair #{i} has no non-empty 'query' string")
-            yield _dump({"query": query, "pos": [_positive_text(pair)], "neg": []})
-    return _atomic_write_lines(path, lines())
+            yield {"query": query, "pos": [_positive_text(pair)], "neg": []}
+    return write_jsonl(path, records())
 
 
 def write_pretraining_text(docs: Iterable[Mapping | str], path: str | os.PathLike) -> Path:
@@ -318,7 +270,7 @@ def write_pretraining_text(docs: Iterable[Mapping | str], path: str | os.PathLik
     Accepts plain strings or dicts with ``text`` (as in ``DebianSplits.pretrain_docs``)
     or ``document``.
     """
-    def lines():
+    def records():
         for i, doc in enumerate(docs):
             if isinstance(doc, str):
                 text = doc
@@ -328,5 +280,5 @@ def write_pretraining_text(docs: Iterable[Mapping | str], path: str | os.PathLik
                 text = None
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"pretraining document #{i} has no non-empty text")
-            yield _dump({"text": text})
-    return _atomic_write_lines(path, lines())
+            yield {"text": text}
+    return write_jsonl(path, records())

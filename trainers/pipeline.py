@@ -200,8 +200,8 @@ def _copy_trainer_state(run_dir: Path, out: Path) -> None:
 
 def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dict:
     """nDCG@10, MRR@10, Recall@100, MAP on the test collection; cached as results/<label>.json."""
-    from trainers.beir import load_beir
-    from trainers.evaluation import evaluate_model
+    from trainers.retrieval.beir import load_beir
+    from trainers.retrieval.evaluation import evaluate_model
 
     path = cfg.root / "results" / f"{label}.json"
     if path.is_file():
@@ -230,7 +230,7 @@ def check_export(hub: Path, source: Path, beir_dir: Path, n: int = 16) -> dict:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from trainers.beir import load_beir
+    from trainers.retrieval.beir import load_beir
 
     dataset = load_beir(beir_dir, split="test")
     queries = list(dataset.eval_queries.values())[:n]

@@ -3,9 +3,10 @@ the training arguments as JSON, and a short run description (objective, data, ha
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
+
+from trainers.io import atomic_write_json, atomic_write_text
 
 
 def hardware_description() -> str:
@@ -25,11 +26,11 @@ def save_run_records(trainer, objective: str, datasets: list[str] | None = None)
     out = Path(trainer.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_state()
-    (out / "training_args.json").write_text(trainer.args.to_json_string())
+    atomic_write_text(out / "training_args.json", trainer.args.to_json_string())
     info = {
         "objective": objective,
         "hardware": hardware_description(),
         "world_size": trainer.args.world_size,
         "datasets": [str(d) for d in (datasets or [])],
     }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    atomic_write_json(out / "run_info.json", info)

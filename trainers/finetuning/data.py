@@ -222,7 +222,7 @@ def read_beir_examples(
     folder: str | os.PathLike, split: str = "train", report: DataReport | None = None
 ) -> tuple[list[ContrastiveExample], list[str], DataReport]:
     """Examples from a BEIR-layout folder, plus the corpus passages (for random negatives)."""
-    from trainers.beir import load_corpus, load_qrels, load_queries, passage_text, qrels_path
+    from trainers.retrieval.beir import load_corpus, load_qrels, load_queries, passage_text, qrels_path
 
     folder = Path(folder)
     report = report or DataReport(source=f"{folder} ({split})")

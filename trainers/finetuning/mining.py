@@ -118,7 +118,7 @@ def rank_dense(model, builder, queries: Sequence[str], corpus: Sequence[str], to
 
 def rank_bm25(queries: Sequence[str], corpus: Sequence[str], top_k: int, show_progress: bool = True) -> list[list[int]]:
     """Top-``top_k`` corpus rows per query by BM25 (documents sharing no term with the query are left out)."""
-    from trainers.evaluation import rank_bm25 as _rank
+    from trainers.retrieval.evaluation import rank_bm25 as _rank
 
     doc_ids = [str(i) for i in range(len(corpus))]
     query_ids = [str(i) for i in range(len(queries))]

@@ -19,19 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainers.citation import LLARA_BIBTEX
+
 IGNORE_INDEX = -100
 LOSS_MODES = ("reference", "paper")
 # (lm, ebae, ebar) weights of each mode. Reference: the released code divides each bag-of-words loss by
 # 10 and averages the two, on top of the unit-weight LM loss.
 MODE_WEIGHTS = {"reference": (1.0, 0.05, 0.05), "paper": (0.0, 1.0, 1.0)}
-
-CITATION = """@inproceedings{li2024llama2vec,
-  title = {Llama2Vec: Unsupervised Adaptation of Large Language Models for Dense Retrieval},
-  author = {Li, Chaofan and Liu, Zheng and Xiao, Shitao and Shao, Yingxia and Lian, Defu},
-  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for Computational Linguistics},
-  year = {2024},
-  note = {arXiv:2312.15503, "Making Large Language Models A Better Foundation For Dense Retrieval"}
-}"""
 
 
 def target_multi_hot(target_ids: torch.Tensor, vocab_size: int, ignore_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,7 +102,7 @@ class EbaeEbarLoss:
     ebae_weight: float | None = None
     ebar_weight: float | None = None
     ignore_ids: list[int] = field(default_factory=list)
-    citation: str = CITATION
+    citation: str = LLARA_BIBTEX
 
     def __post_init__(self):
         if self.mode not in LOSS_MODES:
@@ -150,4 +144,4 @@ class EbaeEbarLoss:
         return total, parts
 
 
-__all__ = ["CITATION", "EbaeEbarLoss", "IGNORE_INDEX", "LOSS_MODES", "MODE_WEIGHTS", "bow_loss_from_logits", "target_multi_hot"]
+__all__ = ["EbaeEbarLoss", "IGNORE_INDEX", "LOSS_MODES", "MODE_WEIGHTS", "bow_loss_from_logits", "target_multi_hot"]

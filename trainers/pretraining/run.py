@@ -58,11 +58,11 @@ def load_pretraining_model(args: PretrainingModelArguments):
 
     from modeling_llara import LlaraForPretraining
     from trainers.convert import build_llara, default_base, load_base
+    from trainers.model_folders import is_llara_folder
 
     dtype = getattr(torch, args.model_dtype)
     source = args.model_name_or_path or default_base()
-    is_llara = Path(source).is_dir() and AutoConfig.from_pretrained(source, trust_remote_code=True).model_type == "llara"
-    if is_llara:
+    if is_llara_folder(source):
         config = AutoConfig.from_pretrained(source, trust_remote_code=True)
         if "LlaraForPretraining" not in (config.architectures or []) and not config.tie_word_embeddings:
             raise ValueError(

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainers.convert import convert
     from trainers.debian_data import load_pairs
+    from trainers.model_folders import require_llara_folder
 
     out = Path(args.out)
     folder = Path(args.model) if args.model else out / "smollm2-llara"
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[1/3] llara init: SmolLM2-135M-Instruct (GGUF) -> {folder}")
         convert(None, folder, overwrite=True)
     else:
+        require_llara_folder(folder, "--model")  # a plain Llama or BERT folder is refused, naming `llara init`
         print(f"[1/3] using LLaRA model {folder}")
     model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
     model.max_seq_length = args.max_text_tokens

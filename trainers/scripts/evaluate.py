@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import pytrec_eval
 
-    from trainers.beir import BeirFormatError, load_beir, load_qrels, qrels_path
-    from trainers.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
-    from trainers.indexing import atomic_write_json
+    from trainers.io import atomic_write_json
+    from trainers.retrieval.beir import BeirFormatError, load_beir, load_qrels, qrels_path
+    from trainers.retrieval.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
 
     try:
         spec = index_spec_from_args(args)

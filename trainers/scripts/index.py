@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from trainers.indexing import INDEX_TYPES
+from trainers.retrieval.faiss_index import INDEX_TYPES
 
 logger = logging.getLogger("llara.index")
 
@@ -44,7 +44,7 @@ def add_index_spec_args(parser: argparse.ArgumentParser) -> None:
 
 
 def index_spec_from_args(args: argparse.Namespace):
-    from trainers.indexing import IndexSpec
+    from trainers.retrieval.faiss_index import IndexSpec
 
     return IndexSpec(
         index_type=args.index_type,
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from trainers.beir import BeirFormatError, load_corpus, passage_text
-    from trainers.evaluation import is_bm25
-    from trainers.indexing import build_corpus_index, document_encoder, load_encoder, model_identity
+    from trainers.retrieval.beir import BeirFormatError, load_corpus, passage_text
+    from trainers.retrieval.corpus_index import build_corpus_index
+    from trainers.retrieval.encoding import document_encoder, load_encoder, model_identity
+    from trainers.retrieval.evaluation import is_bm25
 
     if is_bm25(args.model):
         parser.error("bm25 has no dense index; use `llara evaluate --model bm25` instead")

@@ -39,7 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
 def _read_corpus(path: str) -> list[str]:
     from pathlib import Path
 
-    from trainers.beir import load_corpus, passage_text
+    from trainers.retrieval.beir import load_corpus, passage_text
     from trainers.finetuning.data import iter_jsonl_records
 
     source = Path(path)

@@ -56,7 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_model(name: str | None) -> str | None:
-    from trainers.mteb_llara import register_local_model
+    from trainers.retrieval.mteb import register_local_model
 
     if name and Path(name).is_dir():
         return register_local_model(name)
@@ -75,7 +75,7 @@ def _run_beir(args: argparse.Namespace) -> int:
     import mteb
     from mteb.cache import ResultCache
 
-    from trainers.mteb_llara import beir_retrieval_task
+    from trainers.retrieval.mteb import beir_retrieval_task
 
     model = mteb.get_model(args.model, args.model_revision, device=_device(args))
     task = beir_retrieval_task(args.beir, args.beir_split)
@@ -101,10 +101,12 @@ def _run_beir(args: argparse.Namespace) -> int:
 def _mock_run(args: argparse.Namespace) -> int:
     import mteb
 
+    from trainers.io import atomic_write_text
+
     model = mteb.get_model(args.model, args.model_revision, device=_device(args))
     results = mteb.mock_run(model)
     report = results.to_markdown()
-    Path(args.report).write_text(report, encoding="utf-8")
+    atomic_write_text(args.report, report)
     summary = report.split("## Summary by Modality", 1)[-1].strip()
     status = "passed all expected checks" if results.all_passed else "did NOT pass all expected checks"
     print(f"{results.model_name} {status}\n\n{summary}\n\nreport: {Path(args.report).resolve()}")

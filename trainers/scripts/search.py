@@ -46,15 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from trainers.beir import BeirFormatError, load_queries
-    from trainers.evaluation import hits_to_run, write_trec_run
-    from trainers.indexing import (
+    from trainers.retrieval.beir import BeirFormatError, load_queries
+    from trainers.retrieval.encoding import encode_texts, load_encoder, query_encoder
+    from trainers.retrieval.evaluation import hits_to_run, write_trec_run
+    from trainers.retrieval.faiss_index import (
         IncompleteIndexError,
-        encode_texts,
         hits_from_search,
-        load_encoder,
         load_index,
-        query_encoder,
         search_index,
         set_search_params,
     )

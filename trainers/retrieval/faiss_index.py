@@ -1,32 +1,27 @@
-"""Encode a corpus in resumable shards and build, save, load and search FAISS indexes.
+"""Build, search, save and load FAISS indexes over L2-normalized embeddings (inner product = cosine).
 
 An index directory holds::
 
-    index.faiss     the FAISS index (inner product over L2-normalized embeddings = cosine)
+    index.faiss     the FAISS index
     ids.json        the corpus id of each row, in row order
     meta.json       what built it, the index parameters, and the size of each file;
                     written last, so a directory without it is an unfinished build
     embeddings/     optional: the float32 embedding shards (``--keep-embeddings``)
 
 The directory is assembled under a hidden staging name and renamed into place, so readers see either
-no index or a complete one. Encoding writes one ``.npy`` shard at a time into ``<out>.partial/``
-(each shard atomically); a rerun after an interruption reuses the finished shards, provided the
-corpus, model and shard size are the same (checked with a fingerprint).
+no index or a complete one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from trainers.io import atomic_write_json, atomic_write_text, staged_dir
+
 if TYPE_CHECKING:
     import faiss
-    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +40,6 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 META_FILE = "meta.json"
 EMBEDDINGS_DIR = "embeddings"
-MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 PQ_TRAIN_POINTS_PER_CODE = 64
@@ -55,271 +50,9 @@ FLAT_GEMM_BLOCK_ELEMENTS = 2**26
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "sq4", "sqfp16")
 
-# A list of texts in, a float32 (len(texts), dim) array of L2-normalized embeddings out.
-EncodeFn = Callable[[list[str]], np.ndarray]
-
 
 class IncompleteIndexError(RuntimeError):
     """An index directory is missing, half-written or inconsistent."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic file writes
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """``atomic_write_bytes`` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """``atomic_write_bytes`` for an indented JSON document."""
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoders
-
-
-def is_llara_model(name_or_path: str | os.PathLike[str]) -> bool:
-    """Whether a local folder holds a LLaRA model (its config.json says ``"model_type": "llara"``)."""
-    config = Path(name_or_path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "llara"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def load_encoder(name_or_path: str, *, device: str | None = None) -> SentenceTransformer:
-    """Load any encoder as a sentence-transformers model.
-
-    LLaRA folders get ``trust_remote_code=True`` (their pooling lives in the folder's own code);
-    other sentence-transformers models load as they are.
-    """
-    from sentence_transformers import SentenceTransformer
-
-    path = Path(name_or_path)
-    if path.exists() and not path.is_dir():
-        raise FileNotFoundError(f"model path is a file, expected a model folder: {path}")
-    trust = is_llara_model(path)
-    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust)
-
-
-def document_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
-    """Passage side: ``encode_document`` (the LLaRA summarize suffix is applied inside the model)."""
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            model.encode_document(
-                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            ),
-            dtype=np.float32,
-        )
-
-    return encode
-
-
-def query_encoder(model: SentenceTransformer, batch_size: int = 32) -> EncodeFn:
-    """Query side: ``encode_query`` (the LLaRA predict suffix is applied inside the model)."""
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            model.encode_query(
-                texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            ),
-            dtype=np.float32,
-        )
-
-    return encode
-
-
-def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
-    """Positions of ``texts`` grouped into batches of similar length, longest first.
-
-    Similar lengths keep padding (wasted compute) small; longest first makes an out-of-memory
-    error show up on the first batch rather than at the end.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def encode_texts(
-    encode_fn: EncodeFn,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 32,
-    progress: tqdm | None = None,
-) -> np.ndarray:
-    """Encode ``texts`` in length-sorted batches and return float32 rows in the input order."""
-    rows: np.ndarray | None = None
-    for positions in length_sorted_batches(texts, batch_size):
-        embeddings = np.asarray(encode_fn([texts[i] for i in positions]), dtype=np.float32)  # (batch, dim)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(positions):
-            raise ValueError(
-                f"the encoder returned shape {embeddings.shape} for a batch of {len(positions)} texts"
-            )
-        if rows is None:
-            rows = np.empty((len(texts), embeddings.shape[1]), dtype=np.float32)  # (n, dim)
-        rows[positions] = embeddings
-        if progress is not None:
-            progress.update(len(positions))
-    if rows is None:
-        raise ValueError("nothing to encode: the list of texts is empty")
-    return rows
-
-
-def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str], model_id: str) -> str:
-    """A hash of the model identity and the corpus, to refuse resuming shards of another run."""
-    digest = hashlib.sha256()
-    digest.update(model_id.encode("utf-8"))
-    for doc_id, text in zip(ids, texts, strict=True):
-        digest.update(b"\x00")
-        digest.update(doc_id.encode("utf-8"))
-        digest.update(b"\x01")
-        digest.update(text.encode("utf-8"))
-    return digest.hexdigest()
-
-
-def model_identity(name_or_path: str) -> str:
-    """A model's name plus, for a local folder, the size and mtime of its weight files.
-
-    Part of the resume fingerprint: retraining a model in place must not resume old shards.
-    """
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return name_or_path
-    parts = [str(path.resolve())]
-    for weights in sorted(path.rglob("*")):
-        if weights.suffix in {".safetensors", ".bin", ".pt", ".gguf"} and weights.is_file():
-            stat = weights.stat()
-            parts.append(f"{weights.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "|".join(parts)
-
-
-def _shard_path(work_dir: Path, shard: int) -> Path:
-    return work_dir / f"shard_{shard:06d}.npy"
-
-
-def _finished_shard(path: Path, rows: int) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError):
-        logger.warning("%s is unreadable; encoding that shard again", path)
-        return False
-    return array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32
-
-
-def encode_in_shards(
-    encode_fn: EncodeFn,
-    texts: Sequence[str],
-    work_dir: str | os.PathLike[str],
-    *,
-    fingerprint: str,
-    shard_size: int = 10_000,
-    batch_size: int = 32,
-    show_progress: bool = True,
-) -> list[Path]:
-    """Encode ``texts`` into ``work_dir/shard_XXXXXX.npy`` files, skipping shards already finished.
-
-    Shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)`` in corpus order. Each shard
-    is written atomically, so an interruption loses at most the shard being encoded.
-
-    Raises:
-        ValueError: ``work_dir`` holds shards of another corpus, model or shard size.
-    """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not texts:
-        raise ValueError("nothing to encode: the corpus is empty")
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    num_shards = math.ceil(len(texts) / shard_size)
-    manifest = {
-        "fingerprint": fingerprint,
-        "num_texts": len(texts),
-        "shard_size": shard_size,
-        "num_shards": num_shards,
-    }
-    manifest_path = work_dir / MANIFEST_FILE
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if previous != manifest:
-            raise ValueError(
-                f"{work_dir} holds embedding shards of a different run (corpus, model or shard size "
-                "changed); delete it to start over"
-            )
-    else:
-        atomic_write_json(manifest_path, manifest)
-
-    paths = [_shard_path(work_dir, shard) for shard in range(num_shards)]
-    rows_of = [min(shard_size, len(texts) - shard * shard_size) for shard in range(num_shards)]
-    done = [_finished_shard(path, rows) for path, rows in zip(paths, rows_of, strict=True)]
-    already = sum(rows for rows, finished in zip(rows_of, done, strict=True) if finished)
-    if already:
-        logger.info("resuming: %d of %d shards already encoded", sum(done), num_shards)
-    with tqdm(
-        total=len(texts), initial=already, desc="Encoding corpus", unit="doc", disable=not show_progress
-    ) as progress:
-        for shard, (path, finished) in enumerate(zip(paths, done, strict=True)):
-            if finished:
-                continue
-            start = shard * shard_size
-            chunk = list(texts[start : start + rows_of[shard]])
-            _atomic_save_npy(path, encode_texts(encode_fn, chunk, batch_size=batch_size, progress=progress))
-    return paths
-
-
-def load_shards(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-    """Concatenate embedding shards into one float32 array."""
-    return np.concatenate([np.load(path) for path in paths], axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,10 +305,6 @@ class LoadedIndex:
     path: Path
 
 
-def _staging_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def save_index(
     out_dir: str | os.PathLike[str],
     index: faiss.Index,
@@ -599,12 +328,7 @@ def save_index(
         raise ValueError(f"the index holds {index.ntotal} vectors but {len(ids)} ids were given")
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate ids: every indexed row needs its own id")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_dir(out_dir)
-    staging.mkdir()
-    try:
+    with staged_dir(out_dir, overwrite=overwrite) as staging:
         faiss.write_index(index, str(staging / INDEX_FILE))
         with open(staging / INDEX_FILE, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -623,18 +347,6 @@ def save_index(
         )
         # meta.json goes last: its presence is what marks the directory as complete.
         atomic_write_json(staging / META_FILE, record)
-        _fsync_dir(staging)
-        if out_dir.exists():
-            retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, retired)
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-        _fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -689,72 +401,3 @@ def load_index(index_dir: str | os.PathLike[str], *, mmap: bool = False) -> Load
     spec = meta.get("index_spec") or {}
     set_search_params(index, nprobe=spec.get("nprobe"), ef_search=spec.get("ef_search"))
     return LoadedIndex(index=index, ids=ids, meta=meta, path=index_dir)
-
-
-def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
-    """Where the resumable shards of an index build live: ``<out>.partial`` next to it."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f"{out_dir.name}.partial"
-
-
-def build_corpus_index(
-    encode_fn: EncodeFn,
-    ids: Sequence[str],
-    texts: Sequence[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    model_id: str,
-    spec: IndexSpec | None = None,
-    shard_size: int = 10_000,
-    batch_size: int = 32,
-    keep_embeddings: bool = False,
-    overwrite: bool = False,
-    show_progress: bool = True,
-    extra_meta: dict[str, Any] | None = None,
-) -> Path:
-    """Encode a corpus in resumable shards, build the index and save it atomically.
-
-    ``model_id`` identifies the encoder (see ``model_identity``) for the resume check and meta.json.
-    """
-    spec = spec or IndexSpec()
-    out_dir = Path(out_dir)
-    if len(ids) != len(texts):
-        raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
-    work_dir = work_dir_for(out_dir)
-    fingerprint = corpus_fingerprint(ids, texts, model_id)
-    started = time.perf_counter()
-    shards = encode_in_shards(
-        encode_fn,
-        texts,
-        work_dir / "shards",
-        fingerprint=fingerprint,
-        shard_size=shard_size,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    encode_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    index = build_index(shards, spec, show_progress=show_progress)
-    build_seconds = time.perf_counter() - started
-    meta = dict(extra_meta or {})
-    meta.update(
-        index_type=spec.index_type,
-        index_spec=spec.to_dict(),
-        factory=spec.factory_string(index.d, index.ntotal),
-        corpus_fingerprint=fingerprint,
-        encode_seconds=round(encode_seconds, 3),
-        build_seconds=round(build_seconds, 3),
-        has_embeddings=keep_embeddings,
-    )
-    save_index(
-        out_dir,
-        index,
-        ids,
-        meta,
-        embeddings_dir=work_dir / "shards" if keep_embeddings else None,
-        overwrite=overwrite,
-    )
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return out_dir

@@ -32,18 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.beir import BeirDataset, BeirFormatError
-from trainers.indexing import (
-    IndexSpec,
-    atomic_write_text,
-    build_index,
-    document_encoder,
-    encode_texts,
-    hits_from_search,
-    load_encoder,
-    query_encoder,
-    search_index,
-)
+from trainers.io import atomic_write_text
+from trainers.retrieval.beir import BeirDataset, BeirFormatError
+from trainers.retrieval.encoding import document_encoder, encode_texts, load_encoder, query_encoder
+from trainers.retrieval.faiss_index import IndexSpec, build_index, hits_from_search, search_index
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

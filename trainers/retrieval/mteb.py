@@ -1,7 +1,7 @@
 """mteb 2 support: a ModelMeta and encoder wrapper for LLaRA models, and BEIR folders as mteb tasks.
 
-``LlaraEncoderWrapper``, ``LLARA_CITATION`` and ``llara_model_meta`` depend only on mteb and
-sentence-transformers, so they can be copied into mteb's registry
+``LlaraEncoderWrapper`` and ``llara_model_meta`` depend only on mteb, sentence-transformers and the
+constants of ``trainers.citation``, so they can be copied into mteb's registry
 (``mteb/models/model_implementations/llara_models.py``) with a fixed name and revision::
 
     llara_passage = llara_model_meta("<org>/<llara-model>", revision="<commit>", n_parameters=..., ...)
@@ -30,26 +30,14 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 from mteb.types import PromptType
 
-from trainers.beir import load_beir
+from trainers.citation import LLARA_BIBTEX, LLARA_PAPER_URL, LLARA_TRAINING_CODE
+from trainers.model_folders import NotLlaraModelError, is_llara_folder, read_model_config
+from trainers.retrieval.beir import load_beir
 
 if TYPE_CHECKING:
     from mteb.types import Array
 
 logger = logging.getLogger(__name__)
-
-LLARA_CITATION = """@misc{li2023makinglargelanguagemodels,
-  title = {Making Large Language Models A Better Foundation For Dense Retrieval},
-  author = {Chaofan Li and Zheng Liu and Shitao Xiao and Yingxia Shao},
-  year = {2023},
-  eprint = {2312.15503},
-  archivePrefix = {arXiv},
-  primaryClass = {cs.CL},
-  url = {https://arxiv.org/abs/2312.15503},
-}"""
-
-LLARA_REFERENCE = "https://arxiv.org/abs/2312.15503"
-LLARA_TRAINING_CODE = "https://github.com/FlagOpen/FlagEmbedding/tree/master/research/LLARA"
-
 
 class LlaraEncoderWrapper(SentenceTransformerEncoderWrapper):
     """mteb encoder for LLaRA models: a sentence-transformers model loaded with remote code.
@@ -84,12 +72,10 @@ class LlaraEncoderWrapper(SentenceTransformerEncoderWrapper):
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    config = path / "config.json"
-    if not config.is_file():
-        return {}
+    """The folder's config.json, or ``{}`` when it has none (the ModelMeta fields it feeds are optional)."""
     try:
-        return json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_model_config(path)
+    except NotLlaraModelError:
         return {}
 
 
@@ -133,32 +119,21 @@ def llara_model_meta(
     """
     path = Path(name)
     local = path.is_dir()
-    config = _read_config(path) if local else {}
     fields: dict[str, Any] = dict(
+        _folder_fields(path if local else None),
         loader=LlaraEncoderWrapper,
         loader_kwargs={"trust_remote_code": True, **(loader_kwargs or {})},
         name=str(path.resolve()) if local else name,
         revision=revision,
-        release_date=None,
         languages=["eng-Latn"],
-        n_parameters=_count_safetensors_parameters(path) if local else None,
-        memory_usage_mb=None,
-        max_tokens=_find_key(config, "max_position_embeddings"),
-        embed_dim=_find_key(config, "hidden_size"),
-        license=None,
-        open_weights=True,
         public_training_code=LLARA_TRAINING_CODE,
-        public_training_data=None,
         framework=["Sentence Transformers", "PyTorch", "safetensors"],
-        reference=LLARA_REFERENCE,
-        # Embeddings are L2-normalized, so cosine equals the dot product LLaRA was trained with.
-        similarity_fn_name=ScoringFunction.COSINE,
+        reference=LLARA_PAPER_URL,
         # Fixed query and passage prompts (the two suffixes) count as instructions for mteb.
         use_instructions=True,
-        training_datasets=None,
         adapted_from=None,
         model_type=["dense"],
-        citation=LLARA_CITATION,
+        citation=LLARA_BIBTEX,
     )
     fields.update(overrides)
     return ModelMeta(**fields)
@@ -167,26 +142,34 @@ def llara_model_meta(
 def sentence_transformer_model_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """A ModelMeta for a local non-LLaRA sentence-transformers folder (mteb has none for local paths)."""
     path = Path(path).resolve()
-    config = _read_config(path)
     return ModelMeta(
+        **_folder_fields(path),
         loader=SentenceTransformerEncoderWrapper,
         name=str(path),
         revision=None,
-        release_date=None,
         languages=None,
-        n_parameters=_count_safetensors_parameters(path),
-        memory_usage_mb=None,
-        max_tokens=_find_key(config, "max_position_embeddings"),
-        embed_dim=_find_key(config, "hidden_size"),
-        license=None,
-        open_weights=True,
         public_training_code=None,
-        public_training_data=None,
         framework=["Sentence Transformers", "PyTorch"],
-        similarity_fn_name=ScoringFunction.COSINE,
         use_instructions=None,
-        training_datasets=None,
     )
+
+
+def _folder_fields(path: Path | None) -> dict[str, Any]:
+    """The ModelMeta fields both kinds share: sizes read from a local folder's files, the rest not known."""
+    config = _read_config(path) if path is not None else {}
+    return {
+        "n_parameters": _count_safetensors_parameters(path) if path is not None else None,
+        "max_tokens": _find_key(config, "max_position_embeddings"),
+        "embed_dim": _find_key(config, "hidden_size"),
+        "release_date": None,
+        "memory_usage_mb": None,
+        "license": None,
+        "open_weights": True,
+        "public_training_data": None,
+        "training_datasets": None,
+        # Embeddings are L2-normalized, so cosine equals the dot product the model was trained with.
+        "similarity_fn_name": ScoringFunction.COSINE,
+    }
 
 
 def register_local_model(path: str | os.PathLike[str]) -> str:
@@ -199,12 +182,10 @@ def register_local_model(path: str | os.PathLike[str]) -> str:
     """
     from mteb.models.model_implementations import MODEL_REGISTRY
 
-    from trainers.indexing import is_llara_model
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
-    meta = llara_model_meta(str(path)) if is_llara_model(path) else sentence_transformer_model_meta(path)
+    meta = llara_model_meta(str(path)) if is_llara_folder(path) else sentence_transformer_model_meta(path)
     MODEL_REGISTRY[meta.name] = meta
     return meta.name
 

@@ -14,12 +14,12 @@ with counts.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainers.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +49,6 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` for each non-blank line of a JSON-lines file.
-
-    Raises:
-        BeirFormatError: the file is missing, or a line is not a JSON object (with its line number).
-    """
-    path = _require_file(Path(path), "JSON-lines file")
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BeirFormatError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise BeirFormatError(
-                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
-                )
-            yield line_number, record
-
-
 def _string_field(record: dict, key: str, path: Path, line_number: int, *, required: bool) -> str:
     if key not in record or record[key] is None:
         if required:
@@ -98,7 +76,7 @@ def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     corpus: dict[str, dict[str, str]] = {}
     first_seen: dict[str, int] = {}
     empty = 0
-    for line_number, record in iter_jsonl(path):
+    for line_number, record in iter_jsonl(path, error=BeirFormatError):
         doc_id = _string_field(record, "_id", path, line_number, required=True)
         if not doc_id:
             raise BeirFormatError(f"{path}:{line_number}: empty '_id'")
@@ -128,7 +106,7 @@ def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
     path = Path(path)
     queries: dict[str, str] = {}
     first_seen: dict[str, int] = {}
-    for line_number, record in iter_jsonl(path):
+    for line_number, record in iter_jsonl(path, error=BeirFormatError):
         query_id = _string_field(record, "_id", path, line_number, required=True)
         if not query_id:
             raise BeirFormatError(f"{path}:{line_number}: empty '_id'")
