@@ -28,55 +28,54 @@ def _corpus(n=40, seed=0):
     return [f"{rng.choice(TOPICS)} {rng.choice(TOPICS)} package number {i}" for i in range(n)]
 
 
-def test_select_negatives_uses_the_window_and_skips_positives():
-    config = MiningConfig(range_start=2, range_end=8, num_negatives=3)
-    ranked = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]  # rank order
+def test_select_negatives_samples_the_window_in_rank_order():
+    config = MiningConfig(range_start=2, range_end=7, num_negatives=3)
+    ranked = [9, 8, 7, 6, 4, 3, 2, 1, 0]  # rank order, positives already removed
     for seed in range(30):
-        rows, dropped = select_negatives(ranked, {5, 9}, config, random.Random(seed))
-        assert len(rows) == 3 and set(rows) <= {7, 6, 4, 3, 2}  # ranks 2..7 minus positive 5
-        assert dropped == 1
+        rows = select_negatives(ranked, config, random.Random(seed))
+        assert len(rows) == 3 and set(rows) <= {7, 6, 4, 3, 2}  # ranks 2..6
         assert rows == sorted(rows, key=ranked.index)  # rank order kept
-    rows, _ = select_negatives(ranked, set(), MiningConfig(range_start=8, range_end=20, num_negatives=5), random.Random(0))
+    rows = select_negatives(ranked, MiningConfig(range_start=7, range_end=20, num_negatives=5), random.Random(0))
     assert rows == [1, 0]  # short window: everything it has
 
 
-@pytest.mark.parametrize("kwargs", [dict(range_start=5, range_end=5), dict(method="colbert"), dict(num_negatives=0)])
+@pytest.mark.parametrize("kwargs", [dict(range_start=5, range_end=5), dict(method="colbert"), dict(num_negatives=0),
+                                    dict(range_start=0, range_end=3, num_negatives=4)])
 def test_bad_mining_config(kwargs):
     with pytest.raises(ValueError):
         MiningConfig(**kwargs)
 
 
-def test_dense_mining_matches_brute_force_ranks(tiny_llara_dir):
-    from transformers import AutoTokenizer
+def test_dense_mining_samples_the_window_of_a_brute_force_ranking(tiny_llara_dir):
+    from sentence_transformers import SentenceTransformer
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel, encode
-
-    # Given a tiny LLaRA model, a corpus and queries whose positive is in the corpus
-    model = LlaraModel.from_pretrained(tiny_llara_dir).eval()
-    builder = LlaraInputBuilder(AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True), model.config)
+    # Given a tiny LLaRA model loaded as a SentenceTransformer, a corpus and queries whose positive is in it
+    model = SentenceTransformer(str(tiny_llara_dir), trust_remote_code=True, device="cpu")
     corpus = _corpus()
     examples = [ContrastiveExample(f"{TOPICS[i]} tools", [corpus[i * 3]]) for i in range(5)]
-    config = MiningConfig(range_start=3, range_end=15, num_negatives=4, query_max_length=80, passage_max_length=100)
-    # When negatives are mined with FAISS
-    mined, report = mine_hard_negatives(examples, corpus, config, model=model, builder=builder, show_progress=False)
-    # Then each negative sits in ranks 3..14 of a brute-force ranking, and no positive is a negative
-    docs = encode(model, builder, corpus, task="document", max_length=100).numpy()
-    queries = encode(model, builder, [e.query for e in examples], task="query", max_length=80).numpy()
+    config = MiningConfig(range_start=3, range_end=15, num_negatives=4)
+    # When negatives are mined through sentence-transformers' miner (FAISS)
+    mined, report = mine_hard_negatives(examples, corpus, config, model=model, show_progress=False)
+    # Then each negative sits in ranks 3..14 of a brute-force ranking without the positive, and no positive is a negative
+    docs = model.encode_document(corpus)
+    queries = model.encode_query([e.query for e in examples])
     order = np.argsort(-(queries @ docs.T), axis=1, kind="stable")
     for example, ranking, got in zip(examples, order, mined):
-        window = {corpus[r] for r in ranking[3:15]} - set(example.pos)
-        assert len(got.neg) == 4 and set(got.neg) <= window
+        ranked = [corpus[r] for r in ranking if corpus[r] not in example.pos]
+        assert len(got.neg) == 4 and set(got.neg) <= set(ranked[3:15])
         assert got.pos == example.pos and not set(got.neg) & set(example.pos)
-    assert report.queries == 5 and report.negatives_written == 20
+    assert report.queries == 5 and report.negatives_written == 20 and report.queries_short_of_negatives == 0
 
 
-def test_bm25_mining_picks_lexically_close_passages():
+def test_bm25_mining_picks_lexically_close_passages_and_counts_short_windows():
     corpus = ["linux kernel image", "kernel headers for linux", "kernel modules", "font for console",
               "audio mixer", "video player", "python library", "printer driver"]
-    examples = [ContrastiveExample("linux kernel", ["linux kernel image"])]
-    config = MiningConfig(method="bm25", range_start=0, range_end=3, num_negatives=2)  # rank 0 is the positive
-    mined, _ = mine_hard_negatives(examples, corpus, config, show_progress=False)
+    examples = [ContrastiveExample("linux kernel", ["linux kernel image"]),
+                ContrastiveExample("zebra", ["audio mixer"])]  # no BM25 match at all: no negatives
+    config = MiningConfig(method="bm25", range_start=0, range_end=2, num_negatives=2)  # the positive is not counted
+    mined, report = mine_hard_negatives(examples, corpus, config, show_progress=False)
     assert set(mined[0].neg) == {"kernel headers for linux", "kernel modules"}
+    assert mined[1].neg == [] and report.queries_without_negatives == 1 and report.queries_short_of_negatives == 1
 
 
 def test_cli_writes_training_jsonl(tmp_path):

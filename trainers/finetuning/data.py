@@ -24,7 +24,6 @@ groups as an uninterrupted one.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -180,24 +179,13 @@ def _finish(examples: list[ContrastiveExample], report: DataReport) -> list[Cont
 
 
 # ---- sources -----------------------------------------------------------------------------------
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a malformed line raises naming file and line."""
-    path = Path(path)
-    if not path.is_file():
+    """(line number, object) for every non-blank line; a missing file or a malformed line raises naming it."""
+    from trainers.io import iter_jsonl
+
+    if not Path(path).is_file():
         raise FileNotFoundError(f"training file not found: {path}")
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from err
-            yield line_number, record
+    return iter_jsonl(path)
 
 
 def read_jsonl_examples(path: str | os.PathLike, report: DataReport | None = None) -> tuple[list[ContrastiveExample], DataReport]:

@@ -253,7 +253,7 @@ def finetune(
     when this is None). ``evaluator``: any sentence-transformers evaluator (e.g.
     ``InformationRetrievalEvaluator``), run at the Trainer's ``eval_strategy``.
     """
-    from trainers.indexing import atomic_write_json
+    from trainers.io import atomic_write_json
     from trainers.scripts.recipes import resolve_checkpoint
 
     examples, corpus, report = load_examples(train_data, split=split)

@@ -27,8 +27,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-negatives", type=int, default=15, help="negatives per query (default 15 = group 16)")
     parser.add_argument("--keep-existing-negatives", action="store_true", help="add to the negatives of --data instead of replacing them")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
-    parser.add_argument("--query-max-length", type=int, default=64, help="total query tokens incl. prompt (default 64)")
-    parser.add_argument("--passage-max-length", type=int, default=160, help="total passage tokens incl. prompt (default 160)")
+    parser.add_argument("--max-text-tokens", type=int, default=None,
+                        help="dense: text tokens per query/passage, prompt excluded (default: the model's own budget)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -79,24 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         num_negatives=args.num_negatives,
         seed=args.seed,
         batch_size=args.batch_size,
-        query_max_length=args.query_max_length,
-        passage_max_length=args.passage_max_length,
         keep_existing_negatives=args.keep_existing_negatives,
     )
     examples, pool, data_report = load_examples(args.data, split=args.split)
     corpus = _read_corpus(args.corpus) if args.corpus else pool
-    model = builder = None
+    model = None
     if method == "dense":
         import torch
-        from transformers import AutoTokenizer
+        from sentence_transformers import SentenceTransformer
 
-        from modeling_llara import LlaraInputBuilder, LlaraModel
+        from trainers.model_folders import require_llara_folder
 
+        require_llara_folder(args.model, what="--model")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = LlaraModel.from_pretrained(args.model).to(device).eval()
-        builder = LlaraInputBuilder(AutoTokenizer.from_pretrained(args.model, trust_remote_code=True), model.config)
-    mined, report = mine_hard_negatives(examples, corpus, config, model=model, builder=builder,
-                                        show_progress=not args.quiet)
+        model = SentenceTransformer(args.model, trust_remote_code=True, device=device)
+        if args.max_text_tokens is not None:
+            model.max_seq_length = args.max_text_tokens
+    mined, report = mine_hard_negatives(examples, corpus, config, model=model, show_progress=not args.quiet)
     out = write_training_jsonl(args.out, mined, overwrite=args.overwrite)
     print("data:", data_report.summary())
     print("mining:", report.summary())
