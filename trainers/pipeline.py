@@ -4,8 +4,8 @@ SmolLM2-135M (offline GGUF) -> ``llara init`` -> EBAE/EBAR pretraining on unlabe
 -> BM25-mined hard negatives -> contrastive fine-tuning (LoRA) -> evaluation on a held-out BEIR-layout
 collection -> Hub export, loaded back through sentence-transformers.
 
-Every stage runs the same code a user runs (the ``llara`` sub-commands' ``main``) and writes its
-output atomically into the work folder; a stage whose output exists is skipped, so an interrupted
+Every stage calls the same Python API the ``llara`` sub-commands call, with typed configs (the stages'
+argument dataclasses), and writes its output atomically into the work folder; a stage whose output exists is skipped, so an interrupted
 pipeline resumes where it stopped. The default sizes fit a 2-core CPU in well under 25 minutes; the
 paper-comparison benchmark reuses the stages with other budgets and seeds.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,8 @@ class PipelineConfig:
     pretrain_steps: int = 40
     pretrain_batch_size: int = 8
     pretrain_lr: float = 5e-5
-    pretrain_max_length: int = 112
+    pretrain_max_length: int = 128  # released run: 128 tokens per row in all
+    remove_stopwords: bool = True  # released run: stopwords and punctuation out of the EBAE/EBAR targets
     loss_mode: str = "reference"
     ebae_weight: float | None = None
     ebar_weight: float | None = None
@@ -65,17 +65,6 @@ class PipelineConfig:
 
 def _done(path: Path) -> bool:
     return path.exists() and (path.is_file() or (path / "config.json").is_file() or (path / "corpus.jsonl").is_file())
-
-
-def _run_command(name: str, argv: list[str]) -> None:
-    """Run a ``llara`` sub-command in-process, failing loudly on a non-zero exit."""
-    import importlib
-
-    module = importlib.import_module(f"trainers.scripts.{name}")
-    logger.info("llara %s %s", name, " ".join(argv))
-    code = module.main(argv)
-    if code:
-        raise RuntimeError(f"llara {name} exited with code {code}")
 
 
 # ---- stages ----------------------------------------------------------------------------------------
@@ -105,90 +94,123 @@ def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
 
 
 def init_model(cfg: PipelineConfig, out: Path | None = None) -> Path:
+    """``llara init`` on the embedded SmolLM2-135M."""
+    from trainers.convert import convert
+
     out = out or cfg.root / "models" / "init"
     if not _done(out):
-        _run_command("init", ["--out", str(out), "--overwrite", "--max-text-tokens", str(cfg.max_text_tokens)])
+        logger.info("llara init -> %s", out)
+        convert(None, out, overwrite=True, max_text_tokens=cfg.max_text_tokens)
     return out
 
 
-def _train(command: str, cfg: PipelineConfig, out: Path, argv: list[str], settings: dict) -> Path:
-    """Run a training command with the pipeline's common Trainer flags; keep its log next to ``out``."""
-    run_dir = out.parent / f"{out.name}-run"
-    argv = argv + [
-        "--output_dir", str(run_dir),
-        "--logging_steps", "5",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--seed", str(cfg.seed),
-        "--dataloader_pin_memory", "false",
-    ]
-    for key, value in settings.items():
-        if value is not None:
-            argv += [f"--{key}", str(value)]
-    _run_command(command, argv)
-    _copy_trainer_state(run_dir, out)
-    return out
+def _trainer_settings(cfg: PipelineConfig, out: Path) -> dict:
+    """TrainingArguments common to both training stages of the pipeline."""
+    return {
+        "output_dir": str(out.parent / f"{out.name}-run"),
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": cfg.seed,
+        "dataloader_pin_memory": False,
+        "use_cpu": True,
+    }
 
 
 def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
-    """Stage 1 (full-parameter, as released) from a LLaRA folder with an LM head."""
+    """Stage 1 (full-parameter, as released) from a LLaRA folder with an LM head.
+
+    ``overrides`` set fields of :class:`~trainers.pretraining.trainer.PretrainingArguments` or
+    :class:`~trainers.pretraining.data.PretrainingDataArguments` (e.g. ``lm_weight=0``, ``remove_stopwords=False``).
+    """
+    from dataclasses import fields
+
+    from trainers.pretraining.data import PretrainingDataArguments
+    from trainers.pretraining.run import PretrainingModelArguments
+    from trainers.pretraining.run import pretrain as run_pretraining
+    from trainers.pretraining.trainer import PretrainingArguments
+
     out = out or cfg.root / "models" / "pretrained"
     if _done(out):
         return out
-    argv = [
-        "--model_name_or_path", str(base),
-        "--train_files", str(data),
-        "--export_dir", str(out),
-        "--max_length", str(cfg.pretrain_max_length),
-        "--per_device_train_batch_size", str(cfg.pretrain_batch_size),
-        "--warmup_ratio", "0.1",
-    ]
-    settings = {
-        "loss_mode": cfg.loss_mode,
-        "ebae_weight": cfg.ebae_weight,
-        "ebar_weight": cfg.ebar_weight,
-        "learning_rate": cfg.pretrain_lr,
-        "max_steps": cfg.pretrain_steps,
-        **overrides,
-    }
-    return _train("pretrain", cfg, out, argv, settings)
+    data_fields = {f.name for f in fields(PretrainingDataArguments)}
+    data_overrides = {k: v for k, v in overrides.items() if k in data_fields}
+    train_overrides = {k: v for k, v in overrides.items() if k not in data_fields and v is not None}
+    model_args = PretrainingModelArguments(model_name_or_path=str(base), export_dir=str(out))
+    data_args = PretrainingDataArguments(
+        train_files=[str(data)], max_length=cfg.pretrain_max_length, remove_stopwords=cfg.remove_stopwords,
+        **data_overrides,
+    )
+    weights = {k: v for k, v in (("ebae_weight", cfg.ebae_weight), ("ebar_weight", cfg.ebar_weight)) if v is not None}
+    training_args = PretrainingArguments(
+        **_trainer_settings(cfg, out),
+        per_device_train_batch_size=cfg.pretrain_batch_size,
+        warmup_ratio=0.1,
+        loss_mode=cfg.loss_mode,
+        learning_rate=cfg.pretrain_lr,
+        max_steps=cfg.pretrain_steps,
+        **{**weights, **train_overrides},
+    )
+    logger.info("llara pretrain -> %s", out)
+    run_pretraining(model_args, data_args, training_args)
+    _copy_trainer_state(Path(training_args.output_dir), out)
+    return out
 
 
 def mine(cfg: PipelineConfig, train: Path, model: str | None = None) -> Path:
+    """Hard negatives for the training pairs: BM25 (default) or a LLaRA model folder."""
+    from trainers.finetuning.data import load_examples
+    from trainers.finetuning.mining import MiningConfig, mine_hard_negatives, write_training_jsonl
+
     model = model or cfg.mine_with
     out = train.with_name(f"train_mined_{Path(model).name}.jsonl")
-    if not _done(out):
-        _run_command("mine", [
-            "--data", str(train), "--model", str(model), "--out", str(out), "--overwrite",
-            "--range-start", str(cfg.mine_range[0]), "--range-end", str(cfg.mine_range[1]),
-            "--num-negatives", str(cfg.group_size - 1), "--seed", str(cfg.seed), "--quiet",
-        ])
+    if _done(out):
+        return out
+    method = "bm25" if str(model).lower() == "bm25" else "dense"
+    config = MiningConfig(method=method, range_start=cfg.mine_range[0], range_end=cfg.mine_range[1],
+                          num_negatives=cfg.group_size - 1, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    examples, pool, _ = load_examples(train)
+    encoder = None
+    if method == "dense":
+        from sentence_transformers import SentenceTransformer
+
+        encoder = SentenceTransformer(str(model), trust_remote_code=True, device="cpu")
+    logger.info("llara mine (%s) -> %s", model, out)
+    mined, report = mine_hard_negatives(examples, pool, config, model=encoder, show_progress=False)
+    logger.info("mining: %s", report.summary())
+    write_training_jsonl(out, mined, overwrite=True)
     return out
 
 
 def finetune(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = None, **overrides) -> Path:
-    """Stage 2: contrastive fine-tuning (LoRA, merged on export) from a LLaRA folder."""
+    """Stage 2: contrastive fine-tuning (LoRA, merged on export) from a LLaRA folder.
+
+    ``overrides`` set fields of :class:`~trainers.finetuning.trainer.LlaraFinetuneConfig`.
+    """
+    from trainers.finetuning.trainer import LlaraFinetuneConfig
+    from trainers.finetuning.trainer import finetune as run_finetuning
+
     out = out or cfg.root / "models" / "finetuned"
     if _done(out):
         return out
-    argv = [
-        "--model_name_or_path", str(base),
-        "--train_data", str(data),
-        "--final_dir", str(out),
-        "--group_size", str(cfg.group_size),
-        "--query_max_length", str(cfg.query_max_length),
-        "--passage_max_length", str(cfg.passage_max_length),
-        "--per_device_train_batch_size", str(cfg.finetune_batch_size),
-        "--warmup_steps", "0.1",
-    ]
     settings = {
+        **_trainer_settings(cfg, out),
+        "group_size": cfg.group_size,
+        "query_max_length": cfg.query_max_length,
+        "passage_max_length": cfg.passage_max_length,
+        "per_device_train_batch_size": cfg.finetune_batch_size,
+        "warmup_steps": 0.1,
         "learning_rate": cfg.finetune_lr,
         "max_steps": cfg.finetune_steps,
         "use_lora": cfg.use_lora,
         "temperature": cfg.temperature,
-        **overrides,
+        **{k: v for k, v in overrides.items() if v is not None},
     }
-    return _train("finetune", cfg, out, argv, settings)
+    args = LlaraFinetuneConfig(**settings)
+    logger.info("llara finetune -> %s", out)
+    run_finetuning(str(base), str(data), args, final_dir=out)
+    _copy_trainer_state(Path(args.output_dir), out)
+    return out
 
 
 def _copy_trainer_state(run_dir: Path, out: Path) -> None:
@@ -200,6 +222,7 @@ def _copy_trainer_state(run_dir: Path, out: Path) -> None:
 
 def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dict:
     """nDCG@10, MRR@10, Recall@100, MAP on the test collection; cached as results/<label>.json."""
+    from trainers.io import atomic_write_json
     from trainers.retrieval.beir import load_beir
     from trainers.retrieval.evaluation import evaluate_model
 
@@ -219,9 +242,7 @@ def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dic
         "per_query": evaluation.result.per_query,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     return record
 
 
@@ -247,8 +268,10 @@ def check_export(hub: Path, source: Path, beir_dir: Path, n: int = 16) -> dict:
 
 
 def save_config(cfg: PipelineConfig) -> None:
+    from trainers.io import atomic_write_json
+
     cfg.root.mkdir(parents=True, exist_ok=True)
-    (cfg.root / "pipeline_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic_write_json(cfg.root / "pipeline_config.json", asdict(cfg))
 
 
 def loss_curve(model_dir: Path) -> list[tuple[int, float]]:

@@ -174,5 +174,26 @@ def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Pat
     return save_llara(merged, tokenizer, out, overwrite=True)
 
 
-__all__ = ["PretrainingModelArguments", "build_pretrainer", "export_pretrained", "export_saved_adapter", "load_pretraining_model",
+def pretrain(
+    model_args: PretrainingModelArguments, data_args: PretrainingDataArguments, training_args: PretrainingArguments
+) -> Path | None:
+    """A whole stage-1 run (``llara pretrain``): train (resuming when asked), keep the run records, export.
+
+    Returns the exported LLaRA folder on the main process (None on the others).
+    """
+    from trainers.io import atomic_write_json
+    from trainers.run_records import save_run_records
+    from trainers.scripts.recipes import resolve_checkpoint
+
+    trainer, tokenizer = build_pretrainer(model_args, data_args, training_args)
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir))
+    save_run_records(trainer, objective=f"ebae/ebar ({training_args.loss_mode})", datasets=data_args.train_files)
+    out = export_pretrained(trainer, tokenizer, model_args)
+    stats = getattr(trainer.train_dataset, "stats", None)
+    if out is not None and stats is not None:
+        atomic_write_json(Path(training_args.output_dir) / "data_stats.json", stats.as_dict())
+    return out
+
+
+__all__ = ["PretrainingModelArguments", "build_pretrainer", "pretrain", "export_pretrained", "export_saved_adapter", "load_pretraining_model",
            "zero3_init_disabled"]

