@@ -318,6 +318,7 @@ def write_snapshot(pairs: Sequence[dict], path: str) -> str:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the snapshot is an ordinary data file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
