@@ -3,7 +3,8 @@
 Each configuration runs in its own fresh process (so peak memory is its own): load the LLaRA model
 with LoRA (released recipe r64/alpha16, dropout 0 so both runs compute the same loss), build one
 batch of real Debian texts (queries x group = passages; 8 x 16 = 128 passages by default), then time
-``--steps`` forward+backward steps through ``LlaraContrastiveLoss``. Peak memory: CUDA
+``--steps`` forward+backward steps through the stage-2 loss (sentence-transformers'
+``MultipleNegativesRankingLoss`` vs ``CachedMultipleNegativesRankingLoss``, as ``llara finetune`` builds them). Peak memory: CUDA
 ``max_memory_allocated`` on a GPU; on CPU the process's peak RSS growth over the loaded model.
 
 Memory without GradCache grows with the batch and the padded passage length: on SmolLM2-135M (LoRA on
@@ -70,22 +71,26 @@ def worker(args) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel
-    from trainers.finetuning.collator import LlaraContrastiveCollator
-    from trainers.finetuning.loss import LlaraContrastiveLoss
+    from modeling_llara import LlaraModel
+    from trainers.finetuning.loss import contrastive_loss
+    from trainers.finetuning.trainer import LlaraDataCollator, build_sentence_model
     from trainers.lora import apply_lora
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = apply_lora(LlaraModel.from_pretrained(args.model), dropout=0.0).to(device).train()
-    builder = LlaraInputBuilder(AutoTokenizer.from_pretrained(args.model, trust_remote_code=True), model.config)
+    model = apply_lora(LlaraModel.from_pretrained(args.model), dropout=0.0)
+    st = build_sentence_model(model, AutoTokenizer.from_pretrained(args.model, trust_remote_code=True), args.model)
+    st = st.to(device).train()
     queries, passages = _texts(args.queries, args.queries * args.group_size)
-    features = [
-        {"query": q, "passages": passages[i * args.group_size : (i + 1) * args.group_size]} for i, q in enumerate(queries)
+    rows = [
+        {"anchor": q, **{("positive" if j == 0 else f"negative_{j}"): passages[i * args.group_size + j] for j in range(args.group_size)}}
+        for i, q in enumerate(queries)
     ]
-    batch = LlaraContrastiveCollator(builder, args.query_max_length, args.passage_max_length)(features)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    loss_fn = LlaraContrastiveLoss(gradcache_chunk_size=args.chunk if args.worker == "gradcache" else None)
+    collate = LlaraDataCollator(preprocess_fn=st.preprocess,
+                                max_length={"query": args.query_max_length, "document": args.passage_max_length})
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(rows).items()}
+    features = [{k[len(c) + 1:]: v for k, v in batch.items() if k.startswith(c + "_")} for c in rows[0]]
+    loss_fn = contrastive_loss(st, gradcache_chunk_size=args.chunk if args.worker == "gradcache" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -98,7 +103,7 @@ def worker(args) -> dict:
         for parameter in trainable:
             parameter.grad = None
         started = time.perf_counter()
-        loss = loss_fn(model, batch)
+        loss = loss_fn(features, None)
         loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -110,10 +115,10 @@ def worker(args) -> dict:
         "mode": args.worker,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "passages": int(batch["passage_input_ids"].shape[0]),
-        "queries": int(batch["query_input_ids"].shape[0]),
-        "passage_tokens": int(batch["passage_attention_mask"].sum()),
-        "passage_padded_length": int(batch["passage_input_ids"].shape[1]),
+        "passages": sum(int(f["input_ids"].shape[0]) for f in features[1:]),
+        "queries": int(features[0]["input_ids"].shape[0]),
+        "passage_tokens": sum(int(f["attention_mask"].sum()) for f in features[1:]),
+        "passage_padded_length": max(int(f["input_ids"].shape[1]) for f in features[1:]),
         "chunk": args.chunk if args.worker == "gradcache" else None,
         "step_seconds": times,
         "mean_step_seconds": sum(times) / len(times),

@@ -11,7 +11,7 @@
 5. evaluate the merged model; plot the loss curve; write everything under ``--out``.
 
     python benchmarks/finetune_real_run.py --max-steps 20 --quick     # a few minutes on 2 CPU cores
-    python benchmarks/finetune_real_run.py --max-steps 300            # the lead's longer run (GPU)
+    python benchmarks/finetune_real_run.py --max-steps 300            # a longer run (GPU)
 
 Results: ``<out>/results.json``, ``<out>/loss.png``, the model in ``<out>/final``; a copy of the
 summary goes to ``benchmarks/results/finetune_real_run.json`` (loss curve: ``finetune_real_run_loss.png``).

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLARA_TOKENS = [f"<s{i}>" for i in range(1, 17)]
 # The released BAAI/LLARA-* tokenizers hold <s1>..<s16> at these offsets from the base vocabulary
-# (REFERENCE.md 1): the tests build that layout to prove no id is ever assumed.
+# (BAAI/LLARA-* checkpoints): the tests build that layout to prove no id is ever assumed.
 SCRAMBLED_OFFSETS = [8, 11, 4, 13, 7, 5, 2, 14, 0, 9, 12, 1, 10, 3, 6, 15]
 
 

@@ -97,7 +97,7 @@ def test_sdpa_is_the_implementation_in_use_and_agrees_with_eager(tiny_llara_dir,
 
 
 def _card_recipe_embed(model: LlamaModel, tokenizer, texts, suffix, max_length=512):
-    """The released model-card recipe, written from its description (REFERENCE.md 1): left padding,
+    """The released model-card recipe, written from its description (BAAI/LLARA-* model cards): left padding,
     pad_to_multiple_of=8, max_length on the text only, hidden_states[-1][:, -8:] mean, L2 norm."""
     prefix_ids = tokenizer('"', add_special_tokens=True)["input_ids"]
     suffix_ids = tokenizer(suffix, add_special_tokens=True)["input_ids"][1:]  # drop BOS

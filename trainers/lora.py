@@ -1,6 +1,6 @@
 """LoRA for LLaRA models: adapters on the attention and MLP projections, the special-token rows trainable.
 
-The released LLaRA fine-tuning recipe (REFERENCE.md 3) puts LoRA (r=64, alpha=16, dropout 0.1) on
+The released LLaRA fine-tuning recipe (FlagEmbedding research/LLARA) puts LoRA (r=64, alpha=16, dropout 0.1) on
 ``q,k,v,o,gate,up,down``. The 16 special tokens ``<s1>..<s16>`` are new rows of the embedding matrix:
 under plain LoRA they would stay frozen at their initialization (the mean row written by ``llara init``),
 so :func:`apply_lora` also makes exactly those rows trainable with peft's ``trainable_token_indices``

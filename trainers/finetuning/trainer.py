@@ -115,7 +115,8 @@ class LlaraFinetuneConfig(SentenceTransformerTrainingArguments):
         return contrastive_loss(
             model,
             temperature=self.temperature,
-            gather_across_devices=self.gather_across_devices,
+            # one process has nothing to gather (sentence-transformers would warn on every step)
+            gather_across_devices=self.gather_across_devices and self.world_size > 1,
             gradcache_chunk_size=self.gradcache_chunk_size or None,
             matryoshka_dims=self.matryoshka_dims,
         )
@@ -150,6 +151,11 @@ class LlaraFinetuneTrainer(SentenceTransformerTrainer):
         if kwargs.get("loss") is None and isinstance(training_args, LlaraFinetuneConfig) and model is not None:
             kwargs["loss"] = training_args.make_loss(model)
         super().__init__(*args, **kwargs)
+
+    def add_model_card_callback(self, default_args_dict) -> None:
+        # The model card of a LLaRA folder is written by ``llara export`` from the run's own logs and results
+        # (hub_card); sentence-transformers' card callback would only spend time encoding widget examples.
+        return None
 
     def get_data_collator(self, model, args, processing_class=None):
         max_length = None
@@ -189,14 +195,15 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
 
     from modeling_llara import LlaraModel
 
+    from trainers.model_folders import require_llara_folder
+
     refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
     path = str(model_name_or_path)
+    require_llara_folder(path, what="--model_name_or_path")  # before any weight is read
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     init_deepspeed_comm(args)
     # fp32 master weights; --bf16/--fp16 run the compute under autocast.
     model = LlaraModel.from_pretrained(path, dtype=torch.float32)
-    if model.config.model_type != "llara":
-        raise ValueError(f"{path} is not a LLaRA model folder: run `llara init` first")
     if args.use_lora:
         from transformers import set_seed
 
