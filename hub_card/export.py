@@ -6,8 +6,9 @@ sentence-transformers files (with a ``requirements`` block) and ``README.md``: a
 :class:`~hub_card.card_data.LlaraCardData` through ``huggingface_hub.ModelCard.from_template``.
 
 Everything is written into a temporary sibling folder, checked (the card parses, the reloaded weights give
-the in-memory model's embeddings) and only then moved into place with ``os.replace``: a failed export leaves
-no half-written folder behind.
+the in-memory model's embeddings) and only then moved into place (:mod:`trainers.atomic_dir`): a failed
+export leaves no half-written folder behind, and the hidden folder of a killed export is removed by the next
+export to the same place.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -333,7 +332,11 @@ def export_model(
     overwrite: bool = False,
 ) -> Path:
     """Export ``model_dir`` into the Hub repository folder ``out_dir`` (atomically); returns ``out_dir``."""
+    from trainers.atomic_dir import remove_stale_staging_dirs, staged_dir
+
     out = Path(out_dir)
+    # Leftovers of a killed export (a model-sized hidden folder) go first, whatever happens to this run.
+    remove_stale_staging_dirs(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     _check_base_model(base_model)
@@ -372,19 +375,10 @@ def export_model(
         requirements=requirements_block(versions),
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model repository is meant to be shared
-    try:
+    with staged_dir(out, overwrite=overwrite) as tmp:
         _write_folder(source, builder, card, tmp, verify=verify)
         for path in tmp.iterdir():
             path.chmod(0o644)  # some writers create private files; every file of a repository is public
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s to %s", model_dir, out)
     return out
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -48,34 +46,31 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from hub_card.export import export_model
 
-    try:
-        out = export_model(
-            args.model,
-            args.out,
-            results=args.results,
-            training_dir=args.training_dir,
-            model_name=args.name,
-            repo_id=args.repo_id,
-            base_model=args.base_model,
-            datasets=args.datasets,
-            language=args.languages or ["en"],
-            license=args.license,
-            extra_tags=args.tags,
-            keep_lm_head=args.keep_lm_head,
-            lookup_mteb_tasks=not args.no_mteb_lookup,
-            verify=not args.no_verify,
-            overwrite=args.overwrite,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
-        print(f"llara export: error: {error}", file=sys.stderr)
-        return 1
+    out = export_model(
+        args.model,
+        args.out,
+        results=args.results,
+        training_dir=args.training_dir,
+        model_name=args.name,
+        repo_id=args.repo_id,
+        base_model=args.base_model,
+        datasets=args.datasets,
+        language=args.languages or ["en"],
+        license=args.license,
+        extra_tags=args.tags,
+        keep_lm_head=args.keep_lm_head,
+        lookup_mteb_tasks=not args.no_mteb_lookup,
+        verify=not args.no_verify,
+        overwrite=args.overwrite,
+    )
     print(f"exported {args.model} to {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("export", main)

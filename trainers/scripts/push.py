@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -28,26 +26,23 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from hub_card.push import PushError, push_folder
+    from hub_card.push import push_folder
 
-    try:
-        url = push_folder(
-            args.dir,
-            args.repo,
-            token=args.token,
-            private=args.private or None,
-            revision=args.revision,
-            commit_message=args.message,
-            create_pr=args.create_pr,
-        )
-    except (FileNotFoundError, ValueError, PushError) as error:
-        print(f"llara push: error: {error}", file=sys.stderr)
-        return 1
+    url = push_folder(
+        args.dir,
+        args.repo,
+        token=args.token,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.message,
+        create_pr=args.create_pr,
+    )
     print(f"pushed {args.dir} to {args.repo}: {url}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("push", main)
