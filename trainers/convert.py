@@ -126,6 +126,15 @@ def load_base(src: str, dtype: torch.dtype | None = None, trust_remote_code: boo
         return model, tokenizer, True
     if os.path.isdir(src) and not os.path.isfile(os.path.join(src, "config.json")):
         raise FileNotFoundError(f"{src} has no config.json: not a Hugging Face model folder")
+    if os.path.isdir(src):
+        # Read before AutoConfig, which would ask for trust_remote_code on a LLaRA folder's auto_map.
+        with open(os.path.join(src, "config.json"), encoding="utf-8") as handle:
+            try:
+                model_type = json.load(handle).get("model_type")
+            except (json.JSONDecodeError, AttributeError) as error:
+                raise ValueError(f"{src}/config.json is not a JSON object: {error}") from None
+        if model_type == "llara":
+            raise ValueError(f"{src} is already a LLaRA model")
     config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
     if config.model_type == "llara":
         raise ValueError(f"{src} is already a LLaRA model")
