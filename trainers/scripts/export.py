@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -48,24 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
     from hub_card.export import export_model
+    from trainers.cli_boundary import describe
 
-    out = export_model(
-        args.model,
-        args.out,
-        results=args.results,
-        training_dir=args.training_dir,
-        model_name=args.name,
-        repo_id=args.repo_id,
-        base_model=args.base_model,
-        datasets=args.datasets,
-        language=args.languages or ["en"],
-        license=args.license,
-        extra_tags=args.tags,
-        keep_lm_head=args.keep_lm_head,
-        lookup_mteb_tasks=not args.no_mteb_lookup,
-        verify=not args.no_verify,
-        overwrite=args.overwrite,
-    )
+    try:
+        out = export_model(
+            args.model,
+            args.out,
+            results=args.results,
+            training_dir=args.training_dir,
+            model_name=args.name,
+            repo_id=args.repo_id,
+            base_model=args.base_model,
+            datasets=args.datasets,
+            language=args.languages or ["en"],
+            license=args.license,
+            extra_tags=args.tags,
+            keep_lm_head=args.keep_lm_head,
+            lookup_mteb_tasks=not args.no_mteb_lookup,
+            verify=not args.no_verify,
+            overwrite=args.overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
+        print(f"llara export: error: {describe(error)}", file=sys.stderr)
+        return 1
     print(f"exported {args.model} to {out}")
     return 0
 

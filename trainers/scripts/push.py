@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -27,17 +28,22 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
-    from hub_card.push import push_folder
+    from hub_card.push import PushError, push_folder
+    from trainers.cli_boundary import describe
 
-    url = push_folder(
-        args.dir,
-        args.repo,
-        token=args.token,
-        private=args.private or None,
-        revision=args.revision,
-        commit_message=args.message,
-        create_pr=args.create_pr,
-    )
+    try:
+        url = push_folder(
+            args.dir,
+            args.repo,
+            token=args.token,
+            private=args.private or None,
+            revision=args.revision,
+            commit_message=args.message,
+            create_pr=args.create_pr,
+        )
+    except (FileNotFoundError, ValueError, PushError) as error:
+        print(f"llara push: error: {describe(error)}", file=sys.stderr)
+        return 1
     print(f"pushed {args.dir} to {args.repo}: {url}")
     return 0
 
