@@ -7,6 +7,8 @@ Jinja template (``templates/model_card.md.j2``) renders into the body. Nothing n
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,17 @@ class ModelFacts:
     has_lm_head: bool
 
 
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".zst", ".bz2", ".xz")
+
+
+def is_hub_dataset_id(name: str) -> bool:
+    """``name`` reads as a Hub dataset id (``name`` or ``org/name``) rather than a local file or folder."""
+    if not _HUB_DATASET_ID.match(name) or name.lower().endswith(_DATA_FILE_SUFFIXES):
+        return False
+    return not os.path.exists(name)
+
+
 @dataclass
 class LlaraCardData:
     """Everything the card shows. ``eval_records`` feed the model-index; ``baseline_records`` only the tables."""
@@ -79,6 +92,10 @@ class LlaraCardData:
     # package -> {"specifier": ..., "reason": ...}, as config_sentence_transformers.json declares it
     requirements: dict[str, dict[str, str]] = field(default_factory=dict)
     citation: str = LLARA_BIBTEX
+
+    def all_datasets(self) -> list[str]:
+        """Training datasets named on the command line and in the run records, without repeats."""
+        return list(dict.fromkeys(self.datasets + (self.training.datasets if self.training else [])))
 
     def eval_results(self) -> list:
         """One ``EvalResult`` per (record, shown metric): the model-index of the YAML block."""
@@ -106,7 +123,9 @@ class LlaraCardData:
     def to_model_card_data(self):
         from huggingface_hub import ModelCardData
 
-        datasets = list(dict.fromkeys(self.datasets + (self.training.datasets if self.training else [])))
+        # The YAML ``datasets:`` field links Hub dataset pages: a local path there is a broken link (and the
+        # Hub's metadata check may refuse it); local data is named in the card's text instead.
+        datasets = [name for name in self.all_datasets() if is_hub_dataset_id(name)]
         return ModelCardData(
             model_name=self.model_name,
             base_model=self.base_model,
@@ -126,7 +145,9 @@ class LlaraCardData:
             "repo_id": self.repo_id,
             "facts": self.facts,
             "base_model_id": self.base_model,
-            "train_datasets": list(dict.fromkeys(self.datasets + (self.training.datasets if self.training else []))),
+            "train_datasets": [
+                name if is_hub_dataset_id(name) else f"{name} (local data)" for name in self.all_datasets()
+            ],
             "training": self.training,
             "lora": self.lora,
             "export_source": self.source,
@@ -165,4 +186,4 @@ def _eval_tables(own: list[EvalRecord], baselines: list[EvalRecord]) -> list[dic
     return list(tables.values())
 
 
-__all__ = ["DEFAULT_TAGS", "LIBRARY_NAME", "LlaraCardData", "ModelFacts", "PIPELINE_TAG"]
+__all__ = ["DEFAULT_TAGS", "LIBRARY_NAME", "LlaraCardData", "ModelFacts", "PIPELINE_TAG", "is_hub_dataset_id"]

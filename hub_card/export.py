@@ -6,8 +6,9 @@ sentence-transformers files (with a ``requirements`` block) and ``README.md``: a
 :class:`~hub_card.card_data.LlaraCardData` through ``huggingface_hub.ModelCard.from_template``.
 
 Everything is written into a temporary sibling folder, checked (the card parses, the reloaded weights give
-the in-memory model's embeddings) and only then moved into place with a rename: a failed export leaves
-no half-written folder behind.
+the in-memory model's embeddings) and only then moved into place (``trainers.io.staged_dir``): a failed
+export leaves no half-written folder behind, and the hidden folder of a killed export is removed by the next
+export to the same place.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.io import staged_dir
 from trainers.model_folders import NotLlaraModelError, require_llara_folder
 
 from .card_data import DEFAULT_TAGS, LlaraCardData, ModelFacts
@@ -311,7 +311,11 @@ def export_model(
     overwrite: bool = False,
 ) -> Path:
     """Export ``model_dir`` into the Hub repository folder ``out_dir`` (atomically); returns ``out_dir``."""
+    from trainers.io import remove_stale_staging_dirs, staged_dir
+
     out = Path(out_dir)
+    # Leftovers of a killed export (a model-sized hidden folder) go first, whatever happens to this run.
+    remove_stale_staging_dirs(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     _check_base_model(base_model)

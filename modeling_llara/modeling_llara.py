@@ -518,6 +518,15 @@ class LlaraInputBuilder:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text at index {index} is {type(text).__name__}, expected str")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                # An unpaired surrogate (e.g. from a JSON "\\ud800" escape) is not text: the tokenizer
+                # would fail with an unrelated TypeError deep in its Rust binding.
+                raise ValueError(
+                    f"text at index {index} is not valid Unicode: {text[error.start]!r} at character "
+                    f"{error.start} is an unpaired surrogate"
+                ) from None
         return texts
 
     def text_budget(self, kind: str, max_length: int | None = None, max_text_tokens: int | None = None) -> int:

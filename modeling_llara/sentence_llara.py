@@ -4,7 +4,10 @@
 
 * ``encode_query`` passes ``task="query"`` and gets the query suffix (``predict`` in the released models);
 * ``encode_document`` and plain ``encode`` get the passage suffix (``summarize``);
-* a prompt, if given, is put in front of the text inside the LLaRA template, and long texts are cut
+* ``encode(..., prompt_name="query")`` equals ``encode_query`` and ``prompt_name="document"`` equals
+  ``encode_document``: the folder's named prompts are markers that select the task, never text (see
+  ``PROMPT_TASKS``);
+* any other prompt is put in front of the text inside the LLaRA template, and long texts are cut
   in the text part only, so the suffix with its pooled special tokens is never lost (stock prompts are
   prefix-only and truncate from the right, which would drop it).
 
@@ -15,6 +18,7 @@ sibling files, and sentence-transformers inside ``try:`` (it is only ever import
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 from typing import Any
@@ -33,6 +37,26 @@ except ImportError:  # only sentence-transformers imports this file; keep transf
 MODULE_CLASS_REF = "sentence_llara.LlaraSentenceEncoder"
 MODULE_CONFIG_FILE = "sentence_llara_config.json"
 SHIPPED_FILES = ("sentence_llara.py", "modeling_llara.py", "configuration_llara.py")
+# The named prompts of config_sentence_transformers.json. sentence-transformers resolves ``prompt_name`` to
+# the prompt *string* before the module sees it, so the two names need distinct strings to reach the right
+# suffix; the module maps them back to a task and never puts them into the text (the LLaRA template carries
+# the instruction). Empty strings, as before, made ``prompt_name="query"`` embed with the passage suffix.
+PROMPT_TASKS = {"<llara:query>": "query", "<llara:document>": "document"}
+NAMED_PROMPTS = {task: marker for marker, task in PROMPT_TASKS.items()}
+
+
+def _check_max_length(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive int (text tokens per input), got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int (text tokens per input), got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int (text tokens per input), got {value}")
+    return value
 
 
 class LlaraSentenceEncoder(InputModule):
@@ -59,9 +83,20 @@ class LlaraSentenceEncoder(InputModule):
             model_name_or_path, **(processor_kwargs or {})
         )
         self.builder = LlaraInputBuilder(self.tokenizer, self.auto_model.config)
-        self.max_text_tokens = max_text_tokens if max_text_tokens is not None else self.auto_model.config.max_text_tokens
+        self.max_text_tokens = _check_max_length(
+            max_text_tokens if max_text_tokens is not None else self.auto_model.config.max_text_tokens, "max_text_tokens"
+        )
         # sentence-transformers reads ``max_seq_length``; here it bounds the text tokens (prompt excluded).
         self.max_seq_length = self.max_text_tokens
+
+    @property
+    def max_seq_length(self) -> int | None:
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value) -> None:
+        # A zero or negative budget would silently embed the template alone, whatever the text.
+        self._max_seq_length = _check_max_length(value, "max_seq_length")
 
     @classmethod
     def load(
@@ -106,6 +141,12 @@ class LlaraSentenceEncoder(InputModule):
         at ``max_seq_length`` tokens. Either way only the text is cut, never the suffix.
         """
         texts = self.builder.check_texts(inputs)
+        named = PROMPT_TASKS.get(prompt) if prompt else None
+        if named is not None:
+            config = self.auto_model.config
+            if task is not None and config.suffix_kind_for(task) != config.suffix_kind_for(named):
+                raise ValueError(f"prompt_name {named!r} contradicts task {task!r}: pass one of them")
+            task, prompt = task or named, None
         if prompt:
             texts = [prompt + text for text in texts]
         if max_length is not None:
@@ -150,9 +191,9 @@ def write_sentence_transformers_files(output_path: str, max_text_tokens: int | N
         MODULE_CONFIG_FILE: {"max_text_tokens": max_text_tokens},
         "config_sentence_transformers.json": {
             "model_type": "SentenceTransformer",
-            # The LLaRA template is applied inside the module: prompts stay empty so that nothing is
-            # prepended outside the quotes of the template.
-            "prompts": {"query": "", "document": ""},
+            # The LLaRA template is applied inside the module: the named prompts only select the task
+            # (PROMPT_TASKS), so nothing is prepended outside the quotes of the template.
+            "prompts": dict(NAMED_PROMPTS),
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },
@@ -174,4 +215,4 @@ def write_sentence_transformers_files(output_path: str, max_text_tokens: int | N
             handle.write("\n")
 
 
-__all__ = ["LlaraSentenceEncoder", "write_sentence_transformers_files"]
+__all__ = ["NAMED_PROMPTS", "PROMPT_TASKS", "LlaraSentenceEncoder", "write_sentence_transformers_files"]

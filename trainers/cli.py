@@ -1,7 +1,9 @@
 """The ``llara`` command: one sub-command per job, each a thin ``main(argv)`` in ``trainers/scripts``.
 
 Heavy imports (torch, transformers, faiss, ...) happen inside each script's ``main`` so that
-``llara --help`` answers instantly.
+``llara --help`` answers instantly. Every sub-command runs inside one error boundary
+(:mod:`trainers.cli_boundary`): a user error is one line ``llara <verb>: error: ...`` on stderr, exit status 2
+for usage errors and 1 otherwise; ``llara --debug <verb> ...`` (or ``LLARA_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -29,24 +31,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: llara <command> [options]", "", "LLaRA: LLM adapted for retrieval.", "", "commands:"]
+    lines = ["usage: llara [--debug] <command> [options]", "", "LLaRA: LLM adapted for retrieval.", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "Run 'llara <command> --help' for the options of one command."]
+    lines += ["", "Run 'llara <command> --help' for the options of one command.",
+              "--debug (before the command) or LLARA_DEBUG=1 shows the traceback of an error."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainers.cli_boundary import USAGE_EXIT, debug_requested, run_verb
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested()
+    # Global options come before the command (after it, `--debug` belongs to the command: the Trainer's
+    # TrainingArguments has a --debug option of its own).
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"llara: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        hint = f"; commands: {', '.join(COMMANDS)}" if not name.startswith("-") else "; options go after the command"
+        print(f"llara: error: unknown command {name!r}{hint}", file=sys.stderr)
+        return USAGE_EXIT
     module = importlib.import_module(f"trainers.scripts.{COMMANDS[name][0]}")
-    result = module.main(rest)
-    return int(result or 0)
+    return run_verb(name, module.main, rest, debug=debug)
 
 
 if __name__ == "__main__":

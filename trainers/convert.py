@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -56,10 +57,66 @@ def _has_lm_head(config) -> bool:
     return any(("CausalLM" in arch or "LMHead" in arch) for arch in (config.architectures or []))
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _check_source_exists(src: str) -> None:
+    """A source that is not on disk must at least look like a Hub id: otherwise say "not found" (the Hub
+    client would answer a missing path with an unrelated "Repo id must be in the form ..." message)."""
+    if os.path.exists(src):
+        if not os.path.isdir(src) and not src.endswith(".gguf"):
+            raise ValueError(f"{src} is a file: expected a Hugging Face model folder, a Hub id or a .gguf file")
+        return
+    looks_like_path = (
+        os.path.isabs(src)
+        or src.startswith((".", "~"))
+        or "\\" in src
+        or src.endswith(os.sep)
+        or not _HUB_ID.match(src)
+    )
+    # "runs/base-typo" next to an existing "runs/" is a path, not the Hub repository "runs/base-typo".
+    parent = os.path.dirname(src)
+    if looks_like_path or (parent and os.path.isdir(parent)):
+        raise FileNotFoundError(f"{src}: not found (no such model folder or .gguf file)")
+
+
+def _causal_types() -> tuple[set[str], set[str]]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def check_decoder_config(config, src: str) -> None:
+    """Refuse a source that is not a decoder-only causal LM, from its config alone (before any weight loads).
+
+    LLaRA pools the hidden states of special tokens appended after the text under a causal mask: a
+    bidirectional encoder (BERT, RoBERTa, ...) or an encoder-decoder has no such states to offer.
+    """
+    model_type = getattr(config, "model_type", None)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{src} is an encoder-decoder model ({model_type}); LLaRA needs a decoder-only causal LM")
+    causal, masked = _causal_types()
+    if getattr(config, "is_decoder", False):
+        return
+    if any(arch.endswith("ForCausalLM") or (arch.endswith("LMHeadModel") and model_type not in masked)
+           for arch in architectures):
+        return
+    if model_type in causal and model_type not in masked:
+        return
+    kind = "a bidirectional encoder" if model_type in masked else "not a known decoder causal LM"
+    what = ", ".join([str(model_type), *architectures])
+    raise ValueError(
+        f"{src} is {kind} ({what}); LLaRA needs a decoder-only causal LM (e.g. LLaMA, Mistral, Qwen2, SmolLM2)"
+    )
+
+
 def load_base(src: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
     """Load ``(model, tokenizer, has_lm_head)`` from a folder, a Hub id or a ``.gguf`` file."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    src = os.path.expanduser(src)
+    _check_source_exists(src)
     if src.endswith(".gguf"):
         path = Path(src)
         if not path.is_file():
@@ -70,9 +127,19 @@ def load_base(src: str, dtype: torch.dtype | None = None, trust_remote_code: boo
         return model, tokenizer, True
     if os.path.isdir(src) and not os.path.isfile(os.path.join(src, "config.json")):
         raise FileNotFoundError(f"{src} has no config.json: not a Hugging Face model folder")
+    if os.path.isdir(src):
+        # Read before AutoConfig, which would ask for trust_remote_code on a LLaRA folder's auto_map.
+        with open(os.path.join(src, "config.json"), encoding="utf-8") as handle:
+            try:
+                model_type = json.load(handle).get("model_type")
+            except (json.JSONDecodeError, AttributeError) as error:
+                raise ValueError(f"{src}/config.json is not a JSON object: {error}") from None
+        if model_type == "llara":
+            raise ValueError(f"{src} is already a LLaRA model")
     config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
     if config.model_type == "llara":
         raise ValueError(f"{src} is already a LLaRA model")
+    check_decoder_config(config, src)
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     has_head = _has_lm_head(config)
     auto = AutoModelForCausalLM if has_head else AutoModel

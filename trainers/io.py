@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -20,6 +22,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class JsonlFormatError(ValueError):
@@ -99,10 +103,54 @@ def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def staging_dir_for(target: str | os.PathLike[str], tag: str = "staging") -> Path:
+# A staged folder's name records its writer's process id, so a later writer of the same folder can remove the
+# leftovers of writers that were killed (a model-sized folder must not pile up on disk) and leave a live one's.
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def staging_dir_for(target: str | os.PathLike[str], tag: str = "tmp") -> Path:
     """A fresh hidden sibling of ``target``'s name (not created), unique per process and call."""
     target = Path(target)
     return target.parent / f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_staging_dirs(target: str | os.PathLike[str]) -> list[Path]:
+    """Hidden staging siblings of ``target`` left by writers that no longer run."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    stale = []
+    for path in target.parent.iterdir():
+        match = _STAGING.match(path.name)
+        if match and match["name"] == target.name and not _pid_alive(int(match["pid"])):
+            stale.append(path)
+    return sorted(stale)
+
+
+def remove_stale_staging_dirs(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the leftovers of killed writers of ``target``; returns what was removed."""
+    removed = []
+    for path in stale_staging_dirs(target):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not path.exists():
+            removed.append(path)
+            logger.info("removed %s, left by an interrupted run", path)
+    return removed
 
 
 def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
@@ -113,11 +161,14 @@ def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str])
     """
     staging, target = Path(staging), Path(target)
     fsync_dir(staging)
-    if target.exists():
+    if target.exists() or target.is_symlink():
         retired = staging_dir_for(target, "old")
         os.replace(target, retired)
         os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        if retired.is_dir() and not retired.is_symlink():
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            retired.unlink(missing_ok=True)
     else:
         os.replace(staging, target)
     fsync_dir(target.parent)
@@ -137,12 +188,15 @@ def staged_dir(target: str | os.PathLike[str], *, overwrite: bool = False, mode:
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging_dirs(target)
     staging = staging_dir_for(target)
     staging.mkdir()
     if mode is not None:
         staging.chmod(mode)
     try:
         yield staging
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise FileExistsError(f"{target} appeared while it was being written; not replacing it")
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -197,6 +251,8 @@ __all__ = [
     "atomic_write_lines",
     "atomic_write_text",
     "fsync_dir",
+    "remove_stale_staging_dirs",
+    "stale_staging_dirs",
     "iter_jsonl",
     "replace_dir",
     "staged_dir",

@@ -24,7 +24,6 @@ groups as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -26,9 +27,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--corpus-size", args.corpus_size), ("--queries", args.queries), ("--top-k", args.top_k),
+                        ("--max-text-tokens", args.max_text_tokens)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.queries > args.corpus_size:
+        parser.error(f"--queries {args.queries} exceeds --corpus-size {args.corpus_size} (queries come from the corpus)")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: not found (expected a LLaRA model folder with config.json)")
     import random
-    from pathlib import Path
 
     import torch
     from sentence_transformers import SentenceTransformer
@@ -71,6 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from trainers.cli_boundary import script_entry
 
-    sys.exit(main())
+    script_entry("demo", main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -48,9 +47,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from hub_card.export import export_model
+    from trainers.cli_boundary import describe
 
     try:
         out = export_model(
@@ -71,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
-        print(f"llara export: error: {error}", file=sys.stderr)
+        print(f"llara export: error: {describe(error)}", file=sys.stderr)
         return 1
     print(f"exported {args.model} to {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("export", main)

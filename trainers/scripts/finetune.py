@@ -55,10 +55,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     script_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     from trainers.finetuning.trainer import finetune
 
@@ -78,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from trainers.cli_boundary import script_entry
 
-    sys.exit(main())
+    script_entry("finetune", main)

@@ -37,7 +37,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.max_text_tokens < 1:
+        parser.error(f"--max-text-tokens must be >= 1, got {args.max_text_tokens}")
     import torch
 
     from trainers.convert import convert
@@ -60,6 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from trainers.cli_boundary import script_entry
 
-    sys.exit(main())
+    script_entry("init", main)

@@ -56,6 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from trainers.cli_boundary import script_entry
 
-    sys.exit(main())
+    script_entry("merge", main)

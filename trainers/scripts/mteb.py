@@ -17,7 +17,6 @@ when a compatible mock task fails.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -119,9 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "model", None):
         args.model = _resolve_model(args.model)
     if getattr(args, "beir", None):
@@ -133,4 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("mteb", main)

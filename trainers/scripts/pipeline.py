@@ -35,7 +35,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    for flag in ("pretrain_steps", "finetune_steps", "test_queries", "test_corpus"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     import time
 
     from trainers import pipeline as p
@@ -106,6 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from trainers.cli_boundary import script_entry
 
-    sys.exit(main())
+    script_entry("pipeline", main)

@@ -11,7 +11,6 @@ with DeepSpeed or FSDP set through the usual TrainingArguments (``--deepspeed``,
 
 from __future__ import annotations
 
-import sys
 
 
 def make_parser():
@@ -33,12 +32,9 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     from trainers.scripts.recipes import parse_recipe_args
 
     model_args, data_args, training_args = parse_recipe_args(make_parser(), argv, required=("train_files",))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     from trainers.pretraining.run import pretrain
 
@@ -49,4 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("pretrain", main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -28,9 +27,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from hub_card.push import PushError, push_folder
+    from trainers.cli_boundary import describe
 
     try:
         url = push_folder(
@@ -43,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             create_pr=args.create_pr,
         )
     except (FileNotFoundError, ValueError, PushError) as error:
-        print(f"llara push: error: {error}", file=sys.stderr)
+        print(f"llara push: error: {describe(error)}", file=sys.stderr)
         return 1
     print(f"pushed {args.dir} to {args.repo}: {url}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("push", main)

@@ -27,6 +27,25 @@ def make_recipe_parser(dataclass_types: Sequence[type], prog: str, description: 
     return parser
 
 
+def _check_recipe(parser, path: str) -> None:
+    """A usage error (``parser.error``) for a missing recipe, one that is not a mapping, or keys no option has."""
+    import yaml
+
+    if not os.path.isfile(path):
+        parser.error(f"--config {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        parser.error(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})")
+    if not isinstance(recipe, dict):
+        parser.error(f"--config {path}: expected a mapping of option: value, got {type(recipe).__name__}")
+    known = {action.dest for action in parser._actions} | {"env"}  # TrlParser reads ``env`` itself
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        parser.error(f"--config {path}: unknown options {unknown}")
+
+
 def parse_recipe_args(parser, argv: Sequence[str] | None, required: Sequence[str] = ()) -> tuple:
     """The dataclasses of ``parser`` from ``argv`` (+ ``--config``); ``required`` options must be set somewhere.
 
@@ -40,19 +59,15 @@ def parse_recipe_args(parser, argv: Sequence[str] | None, required: Sequence[str
     if "--config" in args:
         position = args.index("--config")
         if position + 1 >= len(args):
-            parser.error("--config needs a YAML file")
-        path = args[position + 1]
-        if not os.path.isfile(path):
-            parser.error(f"--config {path}: file not found")
-    try:
-        parsed = parser.parse_args_and_config(args=args)
-    except ValueError as error:  # TrlParser: a recipe that is not a mapping, or keys no option has
-        parser.error(str(error).splitlines()[0])
+            parser.error("--config needs a file")
+        _check_recipe(parser, args[position + 1])
+    parsed = parser.parse_args_and_config(args=args)
     # The ``--config`` option (documented in --help, consumed by TrlParser) comes back as a trailing Namespace.
     parsed = tuple(obj for obj in parsed if dataclasses.is_dataclass(obj))
-    for name in required:
-        if not any(getattr(obj, name, None) for obj in parsed):
-            parser.error(f"--{name} is required (as a flag or in --config)")
+    missing = [name for name in required if not any(getattr(obj, name, None) for obj in parsed)]
+    if missing:
+        names = " and ".join(f"--{name}" for name in missing)
+        parser.error(f"{names} {'is' if len(missing) == 1 else 'are'} required (as flags or in --config)")
     return parsed
 
 

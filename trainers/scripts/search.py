@@ -11,7 +11,6 @@ The query encoder is the model recorded in the index (``--model`` overrides it).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -40,7 +39,6 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
 
@@ -84,4 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli_boundary import script_entry
+
+    script_entry("search", main)
