@@ -76,7 +76,7 @@ def render(readme: str, rendered: dict[str, str]) -> str:
             return match.group(0)
         return f"<!-- BEGIN {name} -->\n{rendered[name]}\n<!-- END {name} -->"
 
-    return re.sub(r"<!-- BEGIN (\S+) -->\n.*?\n<!-- END \1 -->", replace, readme, flags=re.S)
+    return re.sub(r"<!-- BEGIN (\S+) -->\n(?:.*?\n)?<!-- END \1 -->", replace, readme, flags=re.S)
 
 
 def main(argv: list[str] | None = None) -> int:
