@@ -70,7 +70,7 @@ def contrastive_loss(
         loss = MultipleNegativesRankingLoss(model, **common)
     if matryoshka_dims:
         dims = [int(d) for d in matryoshka_dims]
-        full = model.get_sentence_embedding_dimension()
+        full = model.get_embedding_dimension()
         bad = [d for d in dims if not 0 < d <= full]
         if bad:
             raise ValueError(f"matryoshka_dims must lie in 1..{full} (the embedding size), got {bad}")

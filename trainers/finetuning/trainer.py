@@ -261,7 +261,7 @@ def finetune(
     ``InformationRetrievalEvaluator``), run at the Trainer's ``eval_strategy``.
     """
     from trainers.io import atomic_write_json
-    from trainers.scripts.recipes import resolve_checkpoint
+    from trainers.recipes import resolve_checkpoint
 
     examples, corpus, report = load_examples(train_data, split=split)
     groups = ContrastiveDataset(

@@ -183,7 +183,7 @@ def pretrain(
     """
     from trainers.io import atomic_write_json
     from trainers.run_records import save_run_records
-    from trainers.scripts.recipes import resolve_checkpoint
+    from trainers.recipes import resolve_checkpoint
 
     trainer, tokenizer = build_pretrainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir))

@@ -32,7 +32,7 @@ class FinetuneScriptArguments:
 
 def make_parser():
     from trainers.finetuning.trainer import LlaraFinetuneConfig
-    from trainers.scripts.recipes import make_recipe_parser
+    from trainers.recipes import make_recipe_parser
 
     return make_recipe_parser(
         (FinetuneScriptArguments, LlaraFinetuneConfig),
@@ -49,7 +49,7 @@ def make_parser():
 
 def parse_args(argv: list[str] | None = None):
     """``(script_args, training_args)`` from flags and an optional ``--config`` YAML recipe."""
-    from trainers.scripts.recipes import parse_recipe_args
+    from trainers.recipes import parse_recipe_args
 
     return parse_recipe_args(make_parser(), argv, required=("model_name_or_path", "train_data"))
 

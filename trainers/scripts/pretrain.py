@@ -17,7 +17,7 @@ def make_parser():
     from trainers.pretraining.data import PretrainingDataArguments
     from trainers.pretraining.run import PretrainingModelArguments
     from trainers.pretraining.trainer import PretrainingArguments
-    from trainers.scripts.recipes import make_recipe_parser
+    from trainers.recipes import make_recipe_parser
 
     return make_recipe_parser(
         (PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments),
@@ -32,7 +32,7 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.scripts.recipes import parse_recipe_args
+    from trainers.recipes import parse_recipe_args
 
     model_args, data_args, training_args = parse_recipe_args(make_parser(), argv, required=("train_files",))
 
