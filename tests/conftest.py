@@ -132,6 +132,18 @@ def smollm2_llara_dir(tmp_path_factory) -> Path:
     return convert(None, tmp_path_factory.mktemp("smollm2-llara") / "model")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): with
+    tiny models one thread is fastest and does not oversubscribe a small machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _gpu_tests_need_cuda(request):
     """Tests marked ``gpu`` (deselected by default; ``make test-gpu``) fail, never skip, without a CUDA device."""

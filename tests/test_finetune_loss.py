@@ -22,13 +22,7 @@ WORDS = "apt kernel driver python library font icon server client daemon tool sh
 QUERY_MAX, PASSAGE_MAX = 72, 88
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is fastest and avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(num_queries: int, group_size: int, seed: int = 0) -> list[dict]:

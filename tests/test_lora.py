@@ -17,12 +17,7 @@ from trainers.lora import DEFAULT_TARGET_MODULES, apply_lora, merge_lora
 TEXTS = ["debian kernel image", "a font for the console", "", "python library for tests <s1>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tokenizer(path):

@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from trainers.finetuning.data import ContrastiveExample, load_examples
 from trainers.finetuning.mining import MiningConfig, mine_hard_negatives, select_negatives
@@ -15,12 +14,7 @@ from trainers.finetuning.mining import MiningConfig, mine_hard_negatives, select
 TOPICS = ["kernel", "font", "audio", "python", "server", "shell", "video", "printer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _corpus(n=40, seed=0):
