@@ -9,8 +9,11 @@ only log).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,44 @@ def equal_length_corpus(path: Path, docs: int = 16, length: int = 60) -> Path:
         lines.append(text[:length].strip().ljust(length, "z"))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive comparison key for snapshot texts."""
+    return re.sub(r"\s+", " ", text).casefold().strip()
+
+
+def import_script(path: Path, name: str):
+    """Import a file that is run as a script (not part of a package) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses need the module registered
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def check_snapshot_rewrite(snapshot: Path, write_snapshot, tmp_path: Path) -> bytes:
+    """A committed snapshot's gzip has no time stamp or file name, and its build script's writer, given the
+    snapshot's own records, writes the same bytes (mode 0644) and returns their sha256. Returns the bytes."""
+    import gzip
+    import hashlib
+    import json
+
+    raw = snapshot.read_bytes()
+    assert raw[:2] == b"\x1f\x8b"
+    assert raw[4:8] == b"\x00\x00\x00\x00", "gzip mtime must be 0 for byte-reproducibility"
+    assert raw[3] & 0x08 == 0, "gzip header must not embed a file name"
+    with gzip.open(snapshot, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    rewritten = tmp_path / snapshot.name
+    assert write_snapshot(list(reversed(rows)), str(rewritten)) == hashlib.sha256(raw).hexdigest()
+    assert rewritten.read_bytes() == raw
+    assert rewritten.stat().st_mode & 0o777 == 0o644
+    return raw
 
 
 @pytest.fixture(scope="session")

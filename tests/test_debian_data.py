@@ -7,23 +7,18 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import check_snapshot_rewrite, import_script, normalise
 from trainers import debian_data as dd
 from trainers.io import iter_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "data" / "debian" / "build_snapshot.py"
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text).casefold().strip()
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +33,7 @@ def splits(pairs):
 
 @pytest.fixture(scope="module")
 def build_module():
-    spec = importlib.util.spec_from_file_location("debian_build_snapshot", BUILD_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return mod
+    return import_script(BUILD_SCRIPT, "debian_build_snapshot")
 
 
 # --- snapshot invariants -------------------------------------------------------
@@ -56,9 +43,9 @@ def test_snapshot_is_deduplicated_and_sorted(pairs):
     ids = [p["id"] for p in pairs]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
-    assert len({_norm(p["query"]) for p in pairs}) == len(pairs), "a short description occurs twice"
-    assert len({_norm(p["document"]) for p in pairs}) == len(pairs), "a long description occurs twice"
-    first_paras = {_norm(p["document"].split("\n\n")[0]) for p in pairs}
+    assert len({normalise(p["query"]) for p in pairs}) == len(pairs), "a short description occurs twice"
+    assert len({normalise(p["document"]) for p in pairs}) == len(pairs), "a long description occurs twice"
+    first_paras = {normalise(p["document"].split("\n\n")[0]) for p in pairs}
     assert len(first_paras) == len(pairs), "two documents share a first paragraph (sibling family)"
     assert min(len(p["document"].split()) for p in pairs) >= 15
     # Debian markup must be gone: no " ." paragraph markers or bullet lines left.
@@ -66,11 +53,8 @@ def test_snapshot_is_deduplicated_and_sorted(pairs):
     assert not any(re.search(r"^\s*[*•]\s", p["document"], re.M) for p in pairs)
 
 
-def test_snapshot_gzip_is_reproducible_header():
-    raw = dd.DEFAULT_SNAPSHOT.read_bytes()
-    assert raw[:2] == b"\x1f\x8b"
-    assert raw[4:8] == b"\x00\x00\x00\x00", "gzip mtime must be 0 for byte-reproducibility"
-    assert raw[3] & 0x08 == 0, "gzip header must not embed a file name"
+def test_snapshot_is_byte_reproducible(build_module, tmp_path):
+    check_snapshot_rewrite(dd.DEFAULT_SNAPSHOT, build_module.write_snapshot, tmp_path)
 
 
 # --- splits --------------------------------------------------------------------
@@ -91,14 +75,14 @@ def test_splits_are_disjoint_by_id_and_text(splits):
     assert not test_ids & train_ids
     assert not pre_ids & train_ids
 
-    test_docs = {_norm(t) for t in splits.test.corpus.values()}
-    pre_docs = {_norm(d["text"]) for d in splits.pretrain_docs}
-    train_docs = {_norm(p["document"]) for p in splits.train_pairs}
+    test_docs = {normalise(t) for t in splits.test.corpus.values()}
+    pre_docs = {normalise(d["text"]) for d in splits.pretrain_docs}
+    train_docs = {normalise(p["document"]) for p in splits.train_pairs}
     assert not test_docs & pre_docs
     assert not test_docs & train_docs
     assert not pre_docs & train_docs
-    train_queries = {_norm(p["query"]) for p in splits.train_pairs}
-    assert not {_norm(q) for q in splits.test.queries.values()} & train_queries
+    train_queries = {normalise(p["query"]) for p in splits.train_pairs}
+    assert not {normalise(q) for q in splits.test.queries.values()} & train_queries
 
 
 def test_test_collection_structure(pairs, splits):

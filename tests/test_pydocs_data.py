@@ -6,23 +6,17 @@ Hermetic: they read only the committed snapshot and files under tmp_path.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import check_snapshot_rewrite, import_script, normalise
 from trainers import debian_data, pydocs_data as pd
 from trainers.retrieval.beir import load_beir
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "data" / "pydocs" / "build_snapshot.py"
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text).casefold().strip()
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +26,7 @@ def records():
 
 @pytest.fixture(scope="module")
 def build_module():
-    spec = importlib.util.spec_from_file_location("pydocs_build_snapshot", BUILD_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return mod
+    return import_script(BUILD_SCRIPT, "pydocs_build_snapshot")
 
 
 # --- snapshot invariants -------------------------------------------------------
@@ -58,20 +44,17 @@ def test_snapshot_loads_sorted_unique_and_clean(records):
         assert 15 <= len(r["document"].split()) <= 300, r["id"]
         assert len(r["query"].split()) >= 3, r["id"]
         assert "\n" not in r["query"], r["id"]
-        assert _norm(r["query"]) not in _norm(r["document"]), f"query leaks into document: {r['id']}"
-        assert _norm(r["query"]) not in _norm(r["signature"]), f"query leaks into signature: {r['id']}"
+        assert normalise(r["query"]) not in normalise(r["document"]), f"query leaks into document: {r['id']}"
+        assert normalise(r["query"]) not in normalise(r["signature"]), f"query leaks into signature: {r['id']}"
         assert " at 0x" not in r["signature"], f"memory address in signature: {r['id']}"
-    assert len({_norm(r["query"]) for r in records}) == len(records), "a query occurs twice"
-    assert len({_norm(r["document"]) for r in records}) == len(records), "a document occurs twice"
+    assert len({normalise(r["query"]) for r in records}) == len(records), "a query occurs twice"
+    assert len({normalise(r["document"]) for r in records}) == len(records), "a document occurs twice"
     top_levels = {r["module"].split(".")[0] for r in records}
     assert not top_levels & {"idlelib", "tkinter", "lib2to3", "turtledemo", "test", "antigravity"}
 
 
-def test_snapshot_gzip_is_reproducible_header():
-    raw = pd.DEFAULT_SNAPSHOT.read_bytes()
-    assert raw[:2] == b"\x1f\x8b"
-    assert raw[4:8] == b"\x00\x00\x00\x00", "gzip mtime must be 0 for byte-reproducibility"
-    assert raw[3] & 0x08 == 0, "gzip header must not embed a file name"
+def test_snapshot_is_byte_reproducible(build_module, tmp_path):
+    raw = check_snapshot_rewrite(pd.DEFAULT_SNAPSHOT, build_module.write_snapshot, tmp_path)
     assert len(raw) < 3 * 2**20
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
+import io
 import json
 import logging
 import os
@@ -93,6 +95,20 @@ def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Pa
             handle.write(line)
             handle.write("\n")
     return Path(path)
+
+
+def atomic_write_jsonl_gz(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> str:
+    """Write JSON lines as gzip whose bytes depend on ``records`` alone (no time stamp, no file name, level 9),
+    atomically and readable by everyone (a data file to commit); return the sha256 of the written bytes."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as packed:
+        for record in records:
+            packed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    data = buffer.getvalue()
+    with atomic_open(path, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600
+        handle.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -248,6 +264,7 @@ __all__ = [
     "atomic_save_npy",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_jsonl_gz",
     "atomic_write_lines",
     "atomic_write_text",
     "fsync_dir",

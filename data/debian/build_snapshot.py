@@ -44,18 +44,18 @@ from __future__ import annotations
 
 import argparse
 import glob
-import gzip
-import hashlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
+
+# The snapshot is written by the project's own atomic writer; the script runs from any directory.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from trainers.io import atomic_write_jsonl_gz  # noqa: E402
 
 APT_LISTS = "/var/lib/apt/lists"
 DEFAULT_GLOBS = (
@@ -274,25 +274,8 @@ def build_pairs(paths: Sequence[str], min_words: int = 15) -> tuple[list[dict], 
 
 def write_snapshot(pairs: Sequence[dict], path: str) -> str:
     """Write gzip JSON lines reproducibly (mtime=0, no name) and atomically; return sha256."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
-        for p in sorted(pairs, key=lambda p: p["id"]):
-            line = json.dumps({"id": p["id"], "query": p["query"], "document": p["document"]},
-                              ensure_ascii=False, sort_keys=False)
-            gz.write(line.encode("utf-8") + b"\n")
-    data = buf.getvalue()
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".descriptions.", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return hashlib.sha256(data).hexdigest()
+    rows = ({"id": p["id"], "query": p["query"], "document": p["document"]} for p in pairs)
+    return atomic_write_jsonl_gz(path, sorted(rows, key=lambda p: p["id"]))
 
 
 def default_sources(lists_dir: str = APT_LISTS) -> list[str]:

@@ -43,9 +43,6 @@ Pipeline:
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import io
 import json
 import os
 import re
@@ -55,6 +52,10 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
+
+# The snapshot is written by the project's own atomic writer; the script runs from any directory.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from trainers.io import atomic_write_jsonl_gz  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docstrings.jsonl.gz")
 DEFAULT_PYTHON = "/usr/bin/python3"
@@ -307,24 +308,7 @@ def deduplicate(pairs: Sequence[dict]) -> tuple[list[dict], DedupStats]:
 
 def write_snapshot(pairs: Sequence[dict], path: str) -> str:
     """Write sorted JSON lines, gzip (mtime 0, no file name) atomically; return the sha256."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
-        for p in sorted(pairs, key=lambda r: r["id"]):
-            gz.write((json.dumps(p, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"))
-    data = buf.getvalue()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".docstrings.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the snapshot is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return hashlib.sha256(data).hexdigest()
+    return atomic_write_jsonl_gz(path, sorted(pairs, key=lambda r: r["id"]))
 
 
 # --------------------------------------------------------------------------------------
