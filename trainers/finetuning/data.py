@@ -190,19 +190,28 @@ def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 def read_jsonl_examples(path: str | os.PathLike, report: DataReport | None = None) -> tuple[list[ContrastiveExample], DataReport]:
     """Examples of a released-layout jsonl file (``query``, ``pos``, ``neg``)."""
     report = report or DataReport(source=str(path))
+    located = ((f"{path}:{line_number}", line_number, record) for line_number, record in iter_jsonl_records(path))
+    return _finish(_clean_unique(located, "on line", report), report), report
+
+
+def _clean_unique(
+    located: Iterable[tuple[str, int, Mapping]], position_word: str, report: DataReport
+) -> list[ContrastiveExample]:
+    """Clean every ``(where, position, record)``; a query id given twice raises naming both positions."""
     examples: list[ContrastiveExample] = []
     ids: dict[str, int] = {}
-    for line_number, record in iter_jsonl_records(path):
-        where = f"{path}:{line_number}"
+    for where, position, record in located:
         example = clean_example(record, where, report)
         if example is None:
             continue
         if example.query_id is not None:
             if example.query_id in ids:
-                raise ValueError(f"{where}: duplicate id {example.query_id!r} (first on line {ids[example.query_id]})")
-            ids[example.query_id] = line_number
+                raise ValueError(
+                    f"{where}: duplicate id {example.query_id!r} (first {position_word} {ids[example.query_id]})"
+                )
+            ids[example.query_id] = position
         examples.append(example)
-    return _finish(examples, report), report
+    return examples
 
 
 def read_beir_examples(
@@ -241,19 +250,8 @@ def examples_from_records(
 ) -> tuple[list[ContrastiveExample], DataReport]:
     """Examples from in-memory records (dicts or the rows of a ``datasets.Dataset``)."""
     report = report or DataReport(source=source)
-    examples: list[ContrastiveExample] = []
-    ids: dict[str, int] = {}
-    for index, record in enumerate(records):
-        where = f"{source}[{index}]"
-        example = clean_example(record, where, report)
-        if example is None:
-            continue
-        if example.query_id is not None:
-            if example.query_id in ids:
-                raise ValueError(f"{where}: duplicate id {example.query_id!r} (first at row {ids[example.query_id]})")
-            ids[example.query_id] = index
-        examples.append(example)
-    return _finish(examples, report), report
+    located = ((f"{source}[{index}]", index, record) for index, record in enumerate(records))
+    return _finish(_clean_unique(located, "at row", report), report), report
 
 
 def _passage_pool(examples: Sequence[ContrastiveExample]) -> list[str]:
