@@ -8,6 +8,7 @@ for usage errors and 1 otherwise; ``llara --debug <verb> ...`` (or ``LLARA_DEBUG
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -27,6 +28,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("push", "Upload an exported folder to the Hugging Face Hub."),
     "pipeline": ("pipeline", "The whole LLaRA pipeline on the embedded default (SmolLM2 + Debian data)."),
 }
+
+
+def command_parser(prog: str, description: str, doc: str | None) -> argparse.ArgumentParser:
+    """A sub-command's parser whose ``--help`` ends with the ``Examples::`` part of its module docstring."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("Examples::", 1)[1] if doc else None,
+    )
 
 
 def _usage() -> str:

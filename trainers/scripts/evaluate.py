@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 
+from trainers.cli import command_parser
 from trainers.scripts.index import add_index_spec_args, index_spec_from_args
 
 
@@ -26,12 +27,11 @@ def _slug(text: str) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llara evaluate",
-        description="Evaluate models, BM25 or a TREC run on a BEIR-layout collection (corpus.jsonl, "
+    parser = command_parser(
+        "llara evaluate",
+        "Evaluate models, BM25 or a TREC run on a BEIR-layout collection (corpus.jsonl, "
         "queries.jsonl, qrels/<split>.tsv) with pytrec_eval.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+        __doc__,
     )
     what = parser.add_argument_group("what to evaluate (one of --model or --run)")
     what.add_argument(

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 
+from trainers.cli import command_parser
 from trainers.retrieval.faiss_index import INDEX_TYPES
 
 logger = logging.getLogger("llara.index")
@@ -61,12 +62,11 @@ def index_spec_from_args(args: argparse.Namespace):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llara index",
-        description="Encode a BEIR-layout corpus.jsonl (_id, title, text) with a LLaRA or sentence-transformers "
+    parser = command_parser(
+        "llara index",
+        "Encode a BEIR-layout corpus.jsonl (_id, title, text) with a LLaRA or sentence-transformers "
         "model in length-sorted batches and write a FAISS index plus its id mapping, atomically.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+        __doc__,
     )
     parser.add_argument("--model", required=True, help="LLaRA model folder, or any sentence-transformers model path/name.")
     parser.add_argument("--corpus", required=True, help="corpus.jsonl with one {\"_id\", \"title\", \"text\"} object per line.")

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainers.cli import command_parser
+
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llara search",
-        description="Encode queries with the index's model (encode_query) and write the top-k hits of each "
+    parser = command_parser(
+        "llara search",
+        "Encode queries with the index's model (encode_query) and write the top-k hits of each "
         "as a TREC run file (qid Q0 docid rank score tag).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+        __doc__,
     )
     parser.add_argument("--index", required=True, help="Index directory written by `llara index`.")
     parser.add_argument("--queries", required=True, help="queries.jsonl with one {\"_id\", \"text\"} object per line.")
