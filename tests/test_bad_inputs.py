@@ -47,6 +47,7 @@ def files(tmp_path_factory, tiny_base_dir, tiny_llara_dir, bert_dir) -> dict[str
     (root / "no-config").mkdir()
     (root / "plain.txt").write_text("not a model\n")
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (root / "train.jsonl").write_text('{"query": "a query", "pos": ["a passage"], "neg": ["another"]}\n')
     (root / "bad.jsonl").write_text('{"_id": "d1", "text": "fine"}\n{not json\n')
     (root / "recipe.yaml").write_text("not_an_option: 3\n")
     (root / "list.yaml").write_text("- a\n- b\n")
@@ -57,6 +58,7 @@ def files(tmp_path_factory, tiny_base_dir, tiny_llara_dir, bert_dir) -> dict[str
         "no_config": str(root / "no-config"),
         "plain": str(root / "plain.txt"),
         "queries": str(root / "queries.jsonl"),
+        "train": str(root / "train.jsonl"),
         "bad_jsonl": str(root / "bad.jsonl"),
         "recipe": str(root / "recipe.yaml"),
         "list_yaml": str(root / "list.yaml"),
@@ -121,6 +123,9 @@ CLI_CASES = [
                                "--no-progress"], 1, "bad.jsonl"),
     ("index-batch-size-0", ["index", "--model", "{llara}", "--corpus", "{queries}", "--out", "{tmp}/x5",
                             "--batch-size", "0", "--no-progress"], 1, "batch_size must be >= 1"),
+    ("index-ivf-more-cells-than-documents", ["index", "--model", "{llara}", "--corpus", "{queries}", "--out", "{tmp}/x6",
+                                             "--index-type", "ivf", "--nlist", "1000", "--no-progress"], 1,
+     "--nlist 1000 needs at least 1000 vectors"),
     # search
     ("search-missing-index", ["search", "--index", "{missing}", "--queries", "{queries}", "--out", "{tmp}/r1"], 1,
      "missing"),
@@ -133,6 +138,7 @@ CLI_CASES = [
     ("evaluate-model-without-beir", ["evaluate", "--model", "bm25"], 2, "--model needs --beir DIR"),
     ("evaluate-run-without-qrels", ["evaluate", "--run", "{plain}"], 2, "--run needs --qrels FILE or --beir DIR"),
     ("evaluate-missing-beir", ["evaluate", "--model", "bm25", "--beir", "{missing}"], 1, "not found"),
+    ("evaluate-top-k-0", ["evaluate", "--model", "bm25", "--beir", "{missing}", "--top-k", "0"], 2, "--top-k must be >= 1"),
     ("evaluate-missing-run", ["evaluate", "--run", "{missing}.trec", "--qrels", "{missing}.tsv"], 1, "not found"),
     # export
     ("export-missing-model", ["export", "--model", "{missing}", "--out", "{tmp}/e1"], 1, "missing"),
@@ -154,12 +160,18 @@ CLI_CASES = [
     ("pretrain-config-unknown-option", ["pretrain", "--config", "{recipe}"], 2, "unknown options ['not_an_option']"),
     ("pretrain-missing-train-file", ["pretrain", "--model_name_or_path", "{llara}", "--train_files", "{missing}.txt",
                                      "--output_dir", "{tmp}/p1"], 1, "training file not found"),
+    ("pretrain-zero-steps", ["pretrain", "--model_name_or_path", "{llara}", "--train_files", "{plain}",
+                             "--output_dir", "{tmp}/p3", "--max_steps", "0"], 1, "--max_steps must be >= 1"),
     pytest.param("pretrain-bad-loss-mode", ["pretrain", "--model_name_or_path", "{llara}", "--train_files", "{plain}",
                                             "--output_dir", "{tmp}/p2", "--loss_mode", "bogus"], 2, "invalid choice: 'bogus'"),
     # finetune
     ("finetune-nothing", ["finetune", "--output_dir", "{tmp}/f0"], 2, "--model_name_or_path and --train_data are required"),
     ("finetune-missing-train-data", ["finetune", "--model_name_or_path", "{llara}", "--train_data", "{missing}.jsonl",
                                      "--output_dir", "{tmp}/f1"], 1, "training file not found"),
+    ("finetune-plain-llama-folder", ["finetune", "--model_name_or_path", "{base}", "--train_data", "{train}",
+                                     "--output_dir", "{tmp}/f2"], 1, "not a LLaRA model folder"),
+    ("finetune-zero-steps", ["finetune", "--model_name_or_path", "{llara}", "--train_data", "{train}",
+                             "--output_dir", "{tmp}/f3", "--max_steps", "0"], 1, "max_steps must be >= 1"),
     ("finetune-config-unknown-option", ["finetune", "--config", "{recipe}"], 2, "unknown options ['not_an_option']"),
     pytest.param("finetune-missing-config", ["finetune", "--config", "{missing}.yaml"], 2, "not found"),
     pytest.param("finetune-config-not-mapping", ["finetune", "--config", "{list_yaml}"], 2, "mapping"),
@@ -168,6 +180,8 @@ CLI_CASES = [
      "training file not found"),
     ("mine-out-exists", ["mine", "--data", "{queries}", "--model", "bm25", "--out", "{plain}"], 2,
      "exists; pass --overwrite"),
+    ("mine-plain-llama-folder", ["mine", "--data", "{train}", "--model", "{base}", "--out", "{tmp}/n4.jsonl"], 1,
+     "not a LLaRA model folder"),
     ("mine-no-model", ["mine", "--data", "{queries}", "--out", "{tmp}/n2.jsonl"], 2, "required: --model"),
     ("mine-empty-window", ["mine", "--data", "{missing}.jsonl", "--model", "bm25", "--out", "{tmp}/n3.jsonl",
                            "--range-start", "50", "--range-end", "10"], 1, "range_start < range_end"),

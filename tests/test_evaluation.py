@@ -135,12 +135,13 @@ def test_index_search_evaluate_equals_evaluate_model(collection, minilm, tmp_pat
 
 
 def test_evaluate_cli_reports_bad_input(collection, tmp_path, capsys):
+    from trainers.cli import main as cli_main
     from trainers.scripts import evaluate
 
     (tmp_path / "run.trec").write_text("x1 Q0 d1 1 0.5 t\n")
-    assert evaluate.main(["--run", str(tmp_path / "run.trec"), "--beir", str(collection), "--output", str(tmp_path / "o.json")]) == 1
+    assert cli_main(["evaluate", "--run", str(tmp_path / "run.trec"), "--beir", str(collection), "--output", str(tmp_path / "o.json")]) == 1
     assert "none of the 30 judged queries appears in the run" in capsys.readouterr().err
-    assert evaluate.main(["--model", "bm25", "--beir", str(tmp_path / "nowhere")]) == 1
+    assert cli_main(["evaluate", "--model", "bm25", "--beir", str(tmp_path / "nowhere")]) == 1
     assert "BEIR folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main(["--model", "bm25"])  # no --beir

@@ -48,7 +48,10 @@ def build_corpus_index(
         raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+    spec.check_size(len(ids))
     work_dir = work_dir_for(out_dir)
+    if overwrite and work_dir.exists():
+        shutil.rmtree(work_dir)  # --overwrite builds afresh: no shard of an earlier build is trusted
     fingerprint = corpus_fingerprint(ids, texts, model_id)
     started = time.perf_counter()
     shards = encode_in_shards(

@@ -92,6 +92,16 @@ class IndexSpec:
         if self.pq_m is not None and self.pq_m < 1:
             raise ValueError(f"pq_m must be >= 1, got {self.pq_m}")
 
+    def check_size(self, num_vectors: int) -> None:
+        """Refuse, before anything is encoded, an index that ``num_vectors`` vectors cannot train."""
+        if num_vectors < 1:
+            raise ValueError("the corpus is empty: nothing to index")
+        if self.index_type in ("ivf", "ivfpq") and self.nlist is not None and self.nlist > num_vectors:
+            raise ValueError(
+                f"--nlist {self.nlist} needs at least {self.nlist} vectors to train its cells, but the corpus has "
+                f"{num_vectors}: lower --nlist (or leave it out: about 4 * sqrt(n) cells), or use a flat index"
+            )
+
     def resolved_nlist(self, num_vectors: int) -> int:
         """``nlist``, or about 4 * sqrt(n) cells, capped so each cell gets >= 39 training points."""
         if self.nlist is not None:

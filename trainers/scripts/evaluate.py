@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 
 from trainers.cli import command_parser
 from trainers.scripts.index import add_index_spec_args, index_spec_from_args
@@ -66,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model needs --beir DIR")
     if args.run and not (args.qrels or args.beir):
         parser.error("--run needs --qrels FILE or --beir DIR")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_k < 1000:
         logging.getLogger("llara.evaluate").warning("--top-k %d < 1000: Recall@1000 and MAP see only %d hits", args.top_k, args.top_k)
 
@@ -74,54 +77,51 @@ def main(argv: list[str] | None = None) -> int:
     import pytrec_eval
 
     from trainers.io import atomic_write_json
-    from trainers.retrieval.beir import BeirFormatError, load_beir, load_qrels, qrels_path
+    from trainers.retrieval.beir import load_beir, load_qrels, qrels_path
     from trainers.retrieval.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
 
-    try:
-        spec = index_spec_from_args(args)
-        rows, records = [], []
-        if args.run:
-            qrels_file = Path(args.qrels) if args.qrels else qrels_path(args.beir, args.split)
-            if args.beir:
-                qrels = load_beir(args.beir, args.split).qrels
-            else:
-                qrels = load_qrels(qrels_file)
-            result = evaluate_run_file(args.run, qrels)
-            rows.append((args.run, result.metrics))
-            records.append({"run": str(args.run), **result.to_dict()})
-            dataset_name, names = _slug(str(Path(qrels_file).parent.parent)), [_slug(args.run)]
+    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    spec = index_spec_from_args(args)
+    rows, records = [], []
+    if args.run:
+        qrels_file = Path(args.qrels) if args.qrels else qrels_path(args.beir, args.split)
+        if args.beir:
+            qrels = load_beir(args.beir, args.split).qrels
         else:
-            dataset = load_beir(args.beir, args.split)
-            dataset_name, names = dataset.name, [_slug(m) for m in args.model]
-            for model in args.model:
-                evaluation = evaluate_model(
-                    model,
-                    dataset,
-                    top_k=args.top_k,
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    spec=spec,
-                    show_progress=not args.no_progress,
-                )
-                rows.append((model, evaluation.result.metrics))
-                records.append(evaluation.to_dict())
-                if args.save_runs:
-                    write_trec_run(Path(args.save_runs) / f"{_slug(model)}.trec", evaluation.run, tag=_slug(model))
-        output = Path(args.output or f"results/{dataset_name}_{args.split}_{'+'.join(names)}.json")
-        atomic_write_json(
-            output,
-            {
-                "dataset": dataset_name,
-                "split": args.split,
-                "top_k": args.top_k,
-                "index_spec": spec.to_dict() if args.model else None,
-                "metrics_by": f"pytrec_eval {getattr(pytrec_eval, '__version__', '')}".strip(),
-                "results": records,
-            },
-        )
-    except (BeirFormatError, FileNotFoundError, ValueError) as error:
-        print(f"llara evaluate: error: {error}", file=sys.stderr)
-        return 1
+            qrels = load_qrels(qrels_file)
+        result = evaluate_run_file(args.run, qrels)
+        rows.append((args.run, result.metrics))
+        records.append({"run": str(args.run), **result.to_dict()})
+        dataset_name, names = _slug(str(Path(qrels_file).parent.parent)), [_slug(args.run)]
+    else:
+        dataset = load_beir(args.beir, args.split)
+        dataset_name, names = dataset.name, [_slug(m) for m in args.model]
+        for model in args.model:
+            evaluation = evaluate_model(
+                model,
+                dataset,
+                top_k=args.top_k,
+                batch_size=args.batch_size,
+                device=args.device,
+                spec=spec,
+                show_progress=not args.no_progress,
+            )
+            rows.append((model, evaluation.result.metrics))
+            records.append(evaluation.to_dict())
+            if args.save_runs:
+                write_trec_run(Path(args.save_runs) / f"{_slug(model)}.trec", evaluation.run, tag=_slug(model))
+    output = Path(args.output or f"results/{dataset_name}_{args.split}_{'+'.join(names)}.json")
+    atomic_write_json(
+        output,
+        {
+            "dataset": dataset_name,
+            "split": args.split,
+            "top_k": args.top_k,
+            "index_spec": spec.to_dict() if args.model else None,
+            "metrics_by": f"pytrec_eval {getattr(pytrec_eval, '__version__', '')}".strip(),
+            "results": records,
+        },
+    )
     print(format_table(rows))
     print(f"\nwrote {output}")
     return 0

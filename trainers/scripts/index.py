@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from trainers.cli import command_parser
 from trainers.retrieval.faiss_index import INDEX_TYPES
@@ -87,38 +86,37 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from trainers.retrieval.beir import BeirFormatError, load_corpus, passage_text
+    from trainers.retrieval.beir import load_corpus, passage_text
     from trainers.retrieval.corpus_index import build_corpus_index
     from trainers.retrieval.encoding import document_encoder, load_encoder, model_identity
     from trainers.retrieval.evaluation import is_bm25
 
     if is_bm25(args.model):
         parser.error("bm25 has no dense index; use `llara evaluate --model bm25` instead")
-    try:
-        spec = index_spec_from_args(args)
-        if Path(args.out).exists() and not args.overwrite:
-            raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
-        corpus = load_corpus(args.corpus)
-        ids = list(corpus)
-        texts = [passage_text(doc["title"], doc["text"]) for doc in corpus.values()]
-        model = load_encoder(args.model, device=args.device)
-        out = build_corpus_index(
-            document_encoder(model, args.batch_size),
-            ids,
-            texts,
-            args.out,
-            model_id=model_identity(args.model),
-            spec=spec,
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            keep_embeddings=args.keep_embeddings,
-            overwrite=args.overwrite,
-            show_progress=not args.no_progress,
-            extra_meta={"model": args.model, "corpus": str(Path(args.corpus).resolve())},
-        )
-    except (BeirFormatError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"llara index: error: {error}", file=sys.stderr)
-        return 1
+    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    spec = index_spec_from_args(args)
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
+    corpus = load_corpus(args.corpus)
+    ids = list(corpus)
+    texts = [passage_text(doc["title"], doc["text"]) for doc in corpus.values()]
+    model = load_encoder(args.model, device=args.device)
+    out = build_corpus_index(
+        document_encoder(model, args.batch_size),
+        ids,
+        texts,
+        args.out,
+        model_id=model_identity(args.model),
+        spec=spec,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        keep_embeddings=args.keep_embeddings,
+        overwrite=args.overwrite,
+        show_progress=not args.no_progress,
+        # a local model is recorded by absolute path, so `llara search` finds it from any working directory
+        extra_meta={"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+                    "corpus": str(Path(args.corpus).resolve())},
+    )
     print(f"wrote {len(ids)} vectors ({spec.index_type}) to {out}")
     return 0
 

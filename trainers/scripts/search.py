@@ -11,7 +11,6 @@ The query encoder is the model recorded in the index (``--model`` overrides it).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from trainers.cli import command_parser
 
@@ -45,39 +44,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from trainers.retrieval.beir import BeirFormatError, load_queries
+    from trainers.retrieval.beir import load_queries
     from trainers.retrieval.encoding import encode_texts, load_encoder, query_encoder
     from trainers.retrieval.evaluation import hits_to_run, write_trec_run
     from trainers.retrieval.faiss_index import (
-        IncompleteIndexError,
         hits_from_search,
         load_index,
         search_index,
         set_search_params,
     )
 
-    try:
-        queries = load_queries(args.queries)
-        loaded = load_index(args.index, mmap=args.mmap)
-        set_search_params(loaded.index, nprobe=args.nprobe, ef_search=args.ef_search)
-        model_name = args.model or loaded.meta.get("model")
-        if not model_name:
-            raise ValueError(f"{args.index} does not record its model; pass --model")
-        model = load_encoder(model_name, device=args.device)
-        with tqdm(total=len(queries), desc="Encoding queries", unit="query") as progress:
-            embeddings = encode_texts(
-                query_encoder(model, args.batch_size), list(queries.values()), batch_size=args.batch_size, progress=progress
-            )
-        if embeddings.shape[1] != loaded.index.d:
-            raise ValueError(
-                f"the model embeds in {embeddings.shape[1]} dimensions but the index holds {loaded.index.d}-d vectors"
-            )
-        scores, rows = search_index(loaded.index, embeddings, args.top_k)
-        run = hits_to_run(hits_from_search(list(queries), loaded.ids, scores, rows))
-        write_trec_run(args.out, run, tag=args.tag)
-    except (BeirFormatError, IncompleteIndexError, FileNotFoundError, ValueError) as error:
-        print(f"llara search: error: {error}", file=sys.stderr)
-        return 1
+    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    queries = load_queries(args.queries)
+    loaded = load_index(args.index, mmap=args.mmap)
+    set_search_params(loaded.index, nprobe=args.nprobe, ef_search=args.ef_search)
+    model_name = args.model or loaded.meta.get("model")
+    if not model_name:
+        raise ValueError(f"{args.index} does not record its model; pass --model")
+    model = load_encoder(model_name, device=args.device)
+    with tqdm(total=len(queries), desc="Encoding queries", unit="query") as progress:
+        embeddings = encode_texts(
+            query_encoder(model, args.batch_size), list(queries.values()), batch_size=args.batch_size, progress=progress
+        )
+    if embeddings.shape[1] != loaded.index.d:
+        raise ValueError(
+            f"the model embeds in {embeddings.shape[1]} dimensions but the index holds {loaded.index.d}-d vectors"
+        )
+    scores, rows = search_index(loaded.index, embeddings, args.top_k)
+    run = hits_to_run(hits_from_search(list(queries), loaded.ids, scores, rows))
+    write_trec_run(args.out, run, tag=args.tag)
     print(f"wrote {sum(len(hits) for hits in run.values())} hits for {len(run)} queries to {args.out}")
     return 0
 
