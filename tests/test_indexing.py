@@ -252,7 +252,8 @@ def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
     assert index_script.main(args + ["--keep-embeddings"]) == 0
     assert sorted(p.name for p in (tmp_path / "idx" / "embeddings").glob("shard_*.npy"))[-1] == "shard_000004.npy"
     assert not (tmp_path / "idx.partial").exists()
-    assert index_script.main(args) == 1  # exists, no --overwrite
+    with pytest.raises(FileExistsError, match="already exists"):  # exists, no --overwrite (one line under `llara`)
+        index_script.main(args)
     out = tmp_path / "run.trec"
     assert search_script.main(["--index", str(tmp_path / "idx"), "--queries", str(queries), "--top-k", "3", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
