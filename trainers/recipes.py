@@ -19,12 +19,36 @@ def make_recipe_parser(dataclass_types: Sequence[type], prog: str, description: 
     """A ``TrlParser`` over ``dataclass_types`` whose ``--help`` also documents ``--config``."""
     from trl import TrlParser
 
-    parser = TrlParser(tuple(dataclass_types), prog=prog, description=description)
+    # The generated usage line would list ~200 Trainer flags; the groups below document them instead.
+    parser = TrlParser(tuple(dataclass_types), prog=prog, description=description,
+                       usage=f"{prog} [--config RECIPE.yaml] [--OPTION VALUE ...]")
     parser.add_argument(
         "--config", default=None, metavar="RECIPE.yaml",
         help="YAML recipe: option names as keys (e.g. recipes/*.yaml); flags on the command line win",
     )
+    _llara_options_first(parser, dataclass_types)
     return parser
+
+
+def _llara_options_first(parser, dataclass_types: Sequence[type]) -> None:
+    """Show the options our dataclasses define (or re-default) in one group before the Trainer's own ones."""
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ours: set[str] = {"config"}
+    for cls in dataclass_types:
+        for klass in cls.__mro__:
+            if klass is TrainingArguments or not dataclasses.is_dataclass(klass):
+                break
+            ours |= set(vars(klass).get("__annotations__", {}))
+        ours |= {f.name for f in dataclasses.fields(cls)} - inherited
+    group = parser.add_argument_group("LLaRA options")
+    rest = parser.add_argument_group("Trainer options (transformers.TrainingArguments)")
+    for action in list(parser._optionals._group_actions):
+        if action.dest == "help":
+            continue
+        parser._optionals._group_actions.remove(action)
+        (group if action.dest in ours else rest)._group_actions.append(action)
 
 
 def _check_recipe(parser, path: str) -> None:

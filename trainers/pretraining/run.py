@@ -15,7 +15,6 @@ import torch
 
 from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
-from .collator import PretrainingCollator
 from .data import PretrainingDataArguments, load_pretraining_data
 from .trainer import LlaraPretrainer, PretrainingArguments
 
@@ -96,6 +95,8 @@ def build_pretrainer(
     set_seed(training_args.seed)
     init_deepspeed_comm(training_args)
     model, tokenizer = load_pretraining_model(model_args)
+    from .collator import PretrainingCollator
+
     collator = PretrainingCollator(
         tokenizer,
         model.config,
