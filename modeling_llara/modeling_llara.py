@@ -15,6 +15,8 @@ and the sibling ``configuration_llara`` module.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,15 +29,87 @@ from transformers.utils import ModelOutput
 
 from .configuration_llara import LlaraConfig
 
+logger = logging.getLogger(__name__)
+
 # A token of any tokenizer spans far fewer characters than this; cutting huge texts to
 # ``budget * _MAX_CHARS_PER_TOKEN`` characters before tokenizing bounds the work without changing
 # the kept tokens.
 _MAX_CHARS_PER_TOKEN = 64
 
 
+# ---- compute precision ------------------------------------------------------------------------------
+# CPU flags of native bf16 matrix units (AMX) or bf16 dot-product instructions (AVX512-BF16): with them a
+# bf16 matmul runs several times faster than fp32; without them bf16 is emulated and slower.
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# Environment variable that overrides what ``dtype="auto"`` picks (``float32`` or ``bfloat16``).
+DTYPE_ENV = "LLARA_DTYPE"
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_logged_choices: set[tuple[str, str]] = set()
+
+
+def cpu_supports_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has native bf16 matmul support (AMX-BF16 or AVX512-BF16), read from ``cpuinfo``.
+
+    A system without that file (not Linux) answers False, so fp32 stays the default there.
+    """
+    try:
+        with open(cpuinfo, encoding="utf8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return any(flag in FAST_BF16_CPU_FLAGS for flag in line.partition(":")[2].split())
+    except OSError:
+        return False
+    return False
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = None) -> torch.dtype:
+    """The compute dtype for inference on ``device``: ``float32``, ``bfloat16`` or ``auto``.
+
+    ``auto`` (or ``None``) takes ``$LLARA_DTYPE`` when set, else bf16 where the hardware runs it natively
+    (a CUDA device that supports it, a CPU with AMX-BF16 or AVX512-BF16) and fp32 everywhere else.
+    The choice ``auto`` makes is logged once per device type. Pooling, mean and L2 norm stay fp32 either way.
+    """
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    name = "auto" if dtype is None else str(dtype).strip().lower().removeprefix("torch.")
+    if name != "auto":
+        if name not in _DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+        return _DTYPE_NAMES[name]
+    device_type = torch.device(device).type if device is not None else "cpu"
+    override = os.environ.get(DTYPE_ENV, "").strip().lower()
+    if override and override != "auto":
+        if override not in _DTYPE_NAMES:
+            raise ValueError(f"${DTYPE_ENV}={override!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        chosen, reason = _DTYPE_NAMES[override], f"${DTYPE_ENV}"
+    elif device_type == "cuda":
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        chosen, reason = (torch.bfloat16 if fast else torch.float32), f"CUDA bf16 support: {fast}"
+    elif device_type == "cpu":
+        fast = cpu_supports_fast_bf16()
+        chosen = torch.bfloat16 if fast else torch.float32
+        reason = f"CPU flags {'/'.join(FAST_BF16_CPU_FLAGS)}: {'present' if fast else 'absent'}"
+    else:
+        chosen, reason = torch.float32, f"no bf16 detection for {device_type}"
+    key = (device_type, str(chosen))
+    if key not in _logged_choices:
+        _logged_choices.add(key)
+        logger.info("LLaRA compute dtype on %s: %s (%s)", device_type, str(chosen).removeprefix("torch."), reason)
+    return chosen
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only attended tokens, so left padding does not shift positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when no row attends to a token after a padded one (right padding, or none at all)."""
+    mask = attention_mask.bool()
+    return not bool((mask[:, 1:] & ~mask[:, :-1]).any())
 
 
 class LlaraPreTrainedModel(PreTrainedModel):
@@ -110,12 +184,16 @@ class LlaraPreTrainedModel(PreTrainedModel):
             last = torch.where(mask, seq, -1).amax(-1)  # (batch,)
             pooled = hidden_states[torch.arange(mask.shape[0], device=mask.device), last].float()
         else:
-            # Sum in fp32: eight bf16 vectors lose precision when summed in bf16.
-            weights = mask.to(torch.float32).unsqueeze(-1)  # (batch, seq, 1)
-            pooled = (hidden_states.float() * weights).sum(1) / weights.sum(1)  # (batch, hidden)
+            # Only the masked states are read (not a (batch, seq, hidden) product) and they are summed
+            # in fp32: eight bf16 vectors lose precision when summed in bf16.
+            rows = mask.nonzero()[:, 0]  # (pooled,) row of each masked position, row-major order
+            selected = hidden_states[mask].float()  # (pooled, hidden)
+            sums = selected.new_zeros((mask.shape[0], hidden_states.shape[-1])).index_add(0, rows, selected)
+            pooled = sums / mask.sum(-1, keepdim=True).to(torch.float32)  # (batch, hidden)
         if self.config.normalize:
             pooled = nn.functional.normalize(pooled, p=2, dim=-1)
-        return pooled.to(hidden_states.dtype)
+        # fp32 whatever the backbone's dtype: rounding a unit vector to bf16 would cost cosine digits.
+        return pooled
 
 
 class LlaraModel(LlaraPreTrainedModel):
@@ -145,9 +223,14 @@ class LlaraModel(LlaraPreTrainedModel):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         kwargs.pop("token_type_ids", None)
+        # Under causal attention a right-padded row's real tokens never see its padding, so the padding
+        # mask changes no pooled state: drop it and let attention run its plain causal kernel (no mask
+        # to build or read, fully masked blocks skipped). Padding positions' own states then differ,
+        # which nothing reads.
+        backbone_mask = None if is_right_padded(attention_mask) else attention_mask
         outputs = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=backbone_mask,
             position_ids=position_ids,
             use_cache=False,
             output_hidden_states=output_hidden_states,
@@ -635,4 +718,9 @@ __all__ = [
     "dual_suffix_positions",
     "default_lm_chunk_size",
     "encode",
+    "cpu_supports_fast_bf16",
+    "is_right_padded",
+    "resolve_dtype",
+    "DTYPE_CHOICES",
+    "DTYPE_ENV",
 ]

@@ -18,6 +18,7 @@ sibling files, and sentence-transformers inside ``try:`` (it is only ever import
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import shutil
@@ -27,7 +28,9 @@ import torch
 from transformers import AutoTokenizer
 
 from .configuration_llara import LlaraConfig
-from .modeling_llara import LlaraInputBuilder, LlaraModel
+from .modeling_llara import LlaraInputBuilder, LlaraModel, resolve_dtype
+
+logger = logging.getLogger(__name__)
 
 try:
     from sentence_transformers.base.modules.input_module import InputModule
@@ -60,7 +63,15 @@ def _check_max_length(value, name: str) -> int | None:
 
 
 class LlaraSentenceEncoder(InputModule):
-    """Tokenizes with the LLaRA template and returns the pooled embedding as ``sentence_embedding``."""
+    """Tokenizes with the LLaRA template and returns the pooled embedding as ``sentence_embedding``.
+
+    Compute precision: a dtype given in ``model_kwargs`` (``dtype`` or ``torch_dtype``) is used exactly.
+    Without one, the weights load as stored and, at the first inference forward (``encode*``, under
+    ``torch.inference_mode``/``no_grad``), the module switches to what ``resolve_dtype("auto", device)``
+    picks for the device it runs on: bf16 on a CPU with AMX-BF16/AVX512-BF16 or a bf16-capable GPU, fp32
+    elsewhere (``$LLARA_DTYPE`` overrides). Training (gradients enabled) never switches. The embedding is
+    pooled, averaged and L2-normalized in fp32 in every case.
+    """
 
     config_file_name = MODULE_CONFIG_FILE
     config_keys = ["max_text_tokens"]
@@ -76,8 +87,15 @@ class LlaraSentenceEncoder(InputModule):
         tokenizer=None,
     ):
         super().__init__()
+        model_kwargs = dict(model_kwargs or {})
+        if "torch_dtype" in model_kwargs and "dtype" not in model_kwargs:
+            # transformers' current name; the old one is still what sentence-transformers documents
+            model_kwargs["dtype"] = model_kwargs.pop("torch_dtype")
+        # No dtype given: pick one per device at the first inference forward (see the class docstring).
+        self.auto_dtype = model is None and model_kwargs.get("dtype") is None
+        self.auto_dtype_applied: torch.dtype | None = None
         self.auto_model = model if model is not None else LlaraModel.from_pretrained(
-            model_name_or_path, **(model_kwargs or {})
+            model_name_or_path, **model_kwargs
         )
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(
             model_name_or_path, **(processor_kwargs or {})
@@ -154,7 +172,22 @@ class LlaraSentenceEncoder(InputModule):
         budget = self.max_seq_length if self.max_seq_length is not None else self.max_text_tokens
         return self.builder(texts, task=task, max_text_tokens=budget)
 
+    def apply_auto_dtype(self) -> None:
+        """Cast the model to ``resolve_dtype("auto")`` for the device it is on (once; no-op if a dtype was given)."""
+        if not self.auto_dtype:
+            return
+        self.auto_dtype = False
+        device = next(self.auto_model.parameters()).device
+        target = resolve_dtype("auto", device)
+        if target != self.auto_model.dtype:
+            # Outside inference mode, so the cast weights stay ordinary tensors usable by autograd later.
+            with torch.inference_mode(False), torch.no_grad():
+                self.auto_model.to(target)
+            self.auto_dtype_applied = target
+
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.auto_dtype and not torch.is_grad_enabled():
+            self.apply_auto_dtype()
         outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
         features["token_embeddings"] = outputs.last_hidden_state
         features["sentence_embedding"] = outputs.pooler_output
@@ -167,6 +200,13 @@ class LlaraSentenceEncoder(InputModule):
         return self.get_embedding_dimension()
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        if self.auto_dtype_applied is not None:
+            logger.warning(
+                "saving weights that were cast to %s for inference: they keep only %s precision; load with "
+                "model_kwargs={'dtype': torch.float32} to re-save full-precision weights",
+                self.auto_dtype_applied,
+                self.auto_dtype_applied,
+            )
         self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.tokenizer.save_pretrained(output_path)
         write_sentence_transformers_files(output_path, max_text_tokens=self.max_text_tokens)

@@ -20,6 +20,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# sentence-transformers loads pick bf16 on a CPU with native bf16 unless told otherwise; the equivalence
+# tests compare against fp32 references at fp32 tolerances, so the whole suite pins fp32 (and child
+# processes inherit it). tests/test_precision.py clears it to test the automatic choice.
+os.environ["LLARA_DTYPE"] = "float32"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLARA_TOKENS = [f"<s{i}>" for i in range(1, 17)]

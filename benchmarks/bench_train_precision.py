@@ -1,0 +1,140 @@
+"""Training-step time in fp32, bf16 autocast (fp32 master weights) and bf16 weights, both LLaRA stages.
+
+* ``stage1``: the EBAE/EBAR pretraining step (``LlaraForPretraining``, one pass over both suffixes, the
+  reference loss with the fused LM term), batch built as ``bench_pretrain_step.py`` builds it;
+* ``stage2``: a contrastive step: ``LlaraModel`` embeds ``--batch`` queries and ``--batch`` passages (one
+  positive each, in-batch negatives) and ``info_nce_loss`` (temperature 0.01) scores them.
+
+Precisions, interleaved step by step so machine noise hits all: ``fp32``; ``autocast`` (fp32 weights,
+``torch.autocast(dtype=bfloat16)`` around forward + loss, as ``--bf16`` training); ``bf16_weights`` (the
+model cast to bf16, no autocast). Time: median seconds of forward + loss + backward (no optimizer step).
+``--profile`` prints the top operators of one step per precision (where the time goes).
+
+    python benchmarks/bench_train_precision.py --quick
+    python benchmarks/bench_train_precision.py --batch 8 --text-tokens 128 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+RESULTS = REPO / "benchmarks" / "results" / "train_precision.json"
+PRECISIONS = ("fp32", "autocast", "bf16_weights")
+STAGES = ("stage1", "stage2")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: the embedded SmolLM2, converted once)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per stage and precision (after one warm-up)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--profile", action="store_true", help="print the top operators of one step per stage and precision")
+    p.add_argument("--quick", action="store_true", help="batch 4, 64 text tokens, 2 steps")
+    p.add_argument("--out", default=str(RESULTS))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import torch
+
+    import bench_pretrain_step as pretrain_bench
+    from modeling_llara import LlaraModel
+    from trainers.finetuning.loss import info_nce_loss
+    from trainers.io import atomic_write_json
+
+    if args.quick:
+        args.batch, args.text_tokens, args.steps = 4, 64, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device, args.loss_mode, args.random_init, args.bf16 = "cpu", "reference", False, False
+    pretrain, tokenizer = pretrain_bench.load("smollm2", args)
+    collator, batch, _ = pretrain_bench.batch_for(tokenizer, pretrain, args)
+    embedder = LlaraModel(pretrain.config)
+    embedder.model = pretrain.model  # the same backbone weights
+    embedder.train()
+    queries = collator.builder([f"query {i}: " + " ".join(pretrain_bench.WORDS[i : i + 12]) for i in range(args.batch)], task="query")
+    words = pretrain_bench.WORDS
+    passages = collator.builder(
+        [" ".join(words[(i + j) % len(words)] for j in range(4 * args.text_tokens)) for i in range(args.batch)],
+        task="document",
+        max_text_tokens=args.text_tokens,
+    )
+    models = {"stage1": {"fp32": pretrain}, "stage2": {"fp32": embedder}}
+    pretrain_bf16 = pretrain_bench.load("smollm2", args)[0].to(torch.bfloat16)
+    embedder_bf16 = LlaraModel(pretrain_bf16.config)
+    embedder_bf16.model = pretrain_bf16.model
+    embedder_bf16.train()
+    models["stage1"]["bf16_weights"] = pretrain_bf16
+    models["stage2"]["bf16_weights"] = embedder_bf16
+    models["stage1"]["autocast"] = pretrain
+    models["stage2"]["autocast"] = embedder
+
+    def step(stage: str, precision: str) -> float:
+        model = models[stage][precision]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+            if stage == "stage1":
+                loss = pretrain_bench._loss("one_pass", model, collator, batch, None, args,
+                                            __import__("trainers.pretraining", fromlist=["EbaeEbarLoss"]).EbaeEbarLoss(
+                                                args.loss_mode, ignore_ids=collator.ignore_ids), lambda d: d)
+            else:
+                q = model(**queries).pooler_output
+                p = model(**passages).pooler_output
+                loss = info_nce_loss(q, p, 0.01)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    losses = {s: {p: step(s, p) for p in PRECISIONS} for s in STAGES}  # warm-up, and the losses agree
+    times = {s: {p: [] for p in PRECISIONS} for s in STAGES}
+    for _ in range(args.steps):
+        for s in STAGES:
+            for p in PRECISIONS:
+                start = time.perf_counter()
+                step(s, p)
+                times[s][p].append(time.perf_counter() - start)
+    median = {s: {p: statistics.median(v) for p, v in ps.items()} for s, ps in times.items()}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for s in STAGES:
+            for p in PRECISIONS:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    step(s, p)
+                print(f"== {s} {p}")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    result = {
+        "batch": args.batch,
+        "text_tokens": args.text_tokens,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "losses": losses,
+        "seconds": times,
+        "median_s": median,
+        "speedup_vs_fp32": {s: {p: median[s]["fp32"] / median[s][p] for p in PRECISIONS} for s in STAGES},
+        "target_speedup": 2.0,
+    }
+    print(f"batch {args.batch}, {args.text_tokens} text tokens, {result['threads']} threads, median of {args.steps} steps")
+    print(f"{'stage':<8} {'precision':<13} {'median s':>9} {'vs fp32':>8} {'loss':>9}")
+    for s in STAGES:
+        for p in PRECISIONS:
+            print(f"{s:<8} {p:<13} {median[s][p]:>9.2f} {result['speedup_vs_fp32'][s][p]:>7.2f}x {losses[s][p]:>9.4f}")
+    atomic_write_json(args.out, result)
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Compute precision: bf16 detection, ``resolve_dtype``, the sentence-transformers default, fp32 pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
+
+import modeling_llara.modeling_llara as modeling
+from modeling_llara import LlaraInputBuilder, LlaraModel, encode
+from modeling_llara.modeling_llara import cpu_supports_fast_bf16, resolve_dtype
+from modeling_llara.sentence_llara import LlaraSentenceEncoder
+
+TEXTS = [
+    "nginx is a small, fast HTTP server and reverse proxy. " * 4,
+    "pylint analyses Python source code looking for bugs and signs of poor quality.",
+    "x",
+    "GNU Image Manipulation Program: an advanced picture editor with layers and plug-ins",
+]
+AMX_FLAGS = "fpu vme sse sse2 avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8"
+AVX512_BF16_FLAGS = "fpu vme sse sse2 avx2 avx512f avx512_bf16 avx512_vnni"
+PLAIN_FLAGS = "fpu vme sse sse2 avx2 avx512f avx512bw avx512_vnni"
+
+
+def _cpuinfo(tmp_path, flags: str):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: test cpu\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(("flags", "fast"), [(AMX_FLAGS, True), (AVX512_BF16_FLAGS, True), (PLAIN_FLAGS, False)])
+def test_cpu_bf16_detection_reads_the_flags(tmp_path, flags, fast):
+    assert cpu_supports_fast_bf16(_cpuinfo(tmp_path, flags)) is fast
+
+
+def test_cpu_bf16_detection_without_cpuinfo_says_no(tmp_path):
+    assert cpu_supports_fast_bf16(str(tmp_path / "missing")) is False
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert cpu_supports_fast_bf16(str(tmp_path / "noflags")) is False
+
+
+@pytest.fixture
+def no_dtype_env(monkeypatch):
+    monkeypatch.delenv(modeling.DTYPE_ENV, raising=False)
+
+
+def _fake_cpu(monkeypatch, tmp_path, flags):
+    path = _cpuinfo(tmp_path, flags)
+    real = modeling.cpu_supports_fast_bf16
+    monkeypatch.setattr(modeling, "cpu_supports_fast_bf16", lambda cpuinfo=path: real(cpuinfo))
+
+
+def test_auto_dtype_follows_the_cpu_flags(tmp_path, monkeypatch, no_dtype_env, caplog):
+    _fake_cpu(monkeypatch, tmp_path, AMX_FLAGS)
+    monkeypatch.setattr(modeling, "_logged_choices", set())
+    with caplog.at_level("INFO", logger=modeling.__name__):
+        assert resolve_dtype("auto", "cpu") == torch.bfloat16
+        assert resolve_dtype(None, torch.device("cpu")) == torch.bfloat16
+    assert sum("compute dtype on cpu: bfloat16" in r.getMessage() for r in caplog.records) == 1  # logged once
+    _fake_cpu(monkeypatch, tmp_path, PLAIN_FLAGS)
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "meta") == torch.float32  # no detection for other devices: fp32
+
+
+def test_auto_dtype_on_cuda_asks_torch(monkeypatch, no_dtype_env):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda") == torch.float32
+
+
+def test_explicit_dtypes_win_over_detection_and_env(tmp_path, monkeypatch):
+    _fake_cpu(monkeypatch, tmp_path, AMX_FLAGS)
+    monkeypatch.setenv(modeling.DTYPE_ENV, "bfloat16")
+    assert resolve_dtype("float32", "cpu") == torch.float32
+    assert resolve_dtype("fp32") == torch.float32
+    assert resolve_dtype("bf16") == torch.bfloat16
+    assert resolve_dtype(torch.float32) == torch.float32
+    assert resolve_dtype("torch.bfloat16") == torch.bfloat16
+    monkeypatch.setenv(modeling.DTYPE_ENV, "float32")
+    assert resolve_dtype("auto", "cpu") == torch.float32  # the env var overrides detection
+
+
+def test_bad_dtypes_are_named(monkeypatch):
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8")
+    with pytest.raises(ValueError, match="floating-point"):
+        resolve_dtype(torch.int64)
+    monkeypatch.setenv(modeling.DTYPE_ENV, "half")
+    with pytest.raises(ValueError, match="LLARA_DTYPE='half'"):
+        resolve_dtype("auto")
+
+
+def test_bf16_pooling_is_fp32_and_close_to_fp32(tiny_llara_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir)
+    full = LlaraModel.from_pretrained(tiny_llara_dir).eval()
+    half = LlaraModel.from_pretrained(tiny_llara_dir, dtype=torch.bfloat16).eval()
+    builder = LlaraInputBuilder(tokenizer, full.config)
+    batch = builder(TEXTS, task="document")
+    with torch.no_grad():
+        out = half(**batch).pooler_output
+    assert half.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-6, rtol=0)
+    cosine = torch.nn.functional.cosine_similarity(encode(half, builder, TEXTS), encode(full, builder, TEXTS))
+    assert cosine.min() >= 0.999, cosine
+
+
+def test_right_padding_runs_the_backbone_without_a_mask(tiny_llara_dir, monkeypatch):
+    model = LlaraModel.from_pretrained(tiny_llara_dir).eval()
+    builder = LlaraInputBuilder(AutoTokenizer.from_pretrained(tiny_llara_dir), model.config)
+    seen = []
+    real_forward = model.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("attention_mask"))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", spy)
+    with torch.no_grad():
+        right = model(**builder(TEXTS, task="query", padding_side="right")).pooler_output
+        left = model(**builder(TEXTS, task="query", padding_side="left")).pooler_output
+    assert seen[0] is None and seen[1] is not None  # left padding keeps its mask
+    torch.testing.assert_close(right, left, atol=1e-5, rtol=0)
+
+
+def test_sentence_transformers_default_dtype_is_the_resolved_one(tiny_llara_dir, monkeypatch):
+    # The folder's own code (trust_remote_code) resolves "auto"; the env var stands in for the CPU flags.
+    monkeypatch.setenv(modeling.DTYPE_ENV, "bfloat16")
+    st = SentenceTransformer(str(tiny_llara_dir), trust_remote_code=True, device="cpu")
+    docs = st.encode_document(TEXTS, convert_to_tensor=True)
+    assert st[0].auto_model.dtype == torch.bfloat16
+    assert docs.dtype == torch.float32
+    monkeypatch.setenv(modeling.DTYPE_ENV, "float32")
+    reference = SentenceTransformer(str(tiny_llara_dir), trust_remote_code=True, device="cpu")
+    expected = reference.encode_document(TEXTS, convert_to_tensor=True)
+    assert reference[0].auto_model.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(docs, expected).min() >= 0.999
+
+
+@pytest.mark.parametrize("key", ["torch_dtype", "dtype"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sentence_transformers_explicit_dtype_is_honoured(tiny_llara_dir, monkeypatch, key, dtype):
+    # The automatic choice would be the other dtype: the explicit one must win.
+    monkeypatch.setenv(modeling.DTYPE_ENV, "float32" if dtype == torch.bfloat16 else "bfloat16")
+    st = SentenceTransformer(str(tiny_llara_dir), trust_remote_code=True, device="cpu", model_kwargs={key: dtype})
+    st.encode_query(TEXTS)
+    assert st[0].auto_model.dtype == dtype
+
+
+def test_auto_dtype_uses_the_cpu_flags_inside_the_module(tiny_llara_dir, tmp_path, monkeypatch, no_dtype_env):
+    for flags, expected in ((AMX_FLAGS, torch.bfloat16), (PLAIN_FLAGS, torch.float32)):
+        _fake_cpu(monkeypatch, tmp_path, flags)
+        module = LlaraSentenceEncoder(str(tiny_llara_dir))
+        assert module.auto_model.dtype == torch.float32  # loaded as stored
+        features = module.preprocess(TEXTS[:2], task="document")
+        with torch.inference_mode():
+            out = module(features)["sentence_embedding"]
+        assert module.auto_model.dtype == expected
+        assert out.dtype == torch.float32
+
+
+def test_training_never_switches_the_dtype(tiny_llara_dir, monkeypatch):
+    monkeypatch.setenv(modeling.DTYPE_ENV, "bfloat16")
+    module = LlaraSentenceEncoder(str(tiny_llara_dir))
+    out = module(module.preprocess(TEXTS[:2], task="query"))["sentence_embedding"]
+    out.sum().backward()
+    assert module.auto_model.dtype == torch.float32
+    assert np.isfinite(next(module.auto_model.parameters()).grad.numpy()).all()
