@@ -5,7 +5,15 @@ Importing this package registers the classes for the Auto API, so ``save_pretrai
 """
 
 from .configuration_llara import LlaraConfig
-from .modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel, LlaraPreTrainedModel, encode
+from .modeling_llara import (
+    DTYPE_CHOICES,
+    LlaraForPretraining,
+    LlaraInputBuilder,
+    LlaraModel,
+    LlaraPreTrainedModel,
+    encode,
+    resolve_dtype,
+)
 
 LlaraConfig.register_for_auto_class()
 LlaraModel.register_for_auto_class("AutoModel")
@@ -19,10 +27,12 @@ AUTO_MAP = {
 
 __all__ = [
     "AUTO_MAP",
+    "DTYPE_CHOICES",
     "LlaraConfig",
     "LlaraForPretraining",
     "LlaraInputBuilder",
     "LlaraModel",
     "LlaraPreTrainedModel",
     "encode",
+    "resolve_dtype",
 ]

@@ -33,19 +33,28 @@ MANIFEST_FILE = "manifest.json"
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-def load_encoder(name_or_path: str, *, device: str | None = None) -> SentenceTransformer:
+def load_encoder(name_or_path: str, *, device: str | None = None, dtype: str = "auto") -> SentenceTransformer:
     """Load any encoder as a sentence-transformers model.
 
-    LLaRA folders get ``trust_remote_code=True`` (their pooling lives in the folder's own code);
-    other sentence-transformers models load as they are.
+    LLaRA folders get ``trust_remote_code=True`` (their pooling lives in the folder's own code) and run in
+    ``dtype``: ``auto`` is bf16 on hardware that runs it natively (a CPU with AMX-BF16/AVX512-BF16, a CUDA
+    device with bf16) and fp32 elsewhere, pooling and normalization staying fp32. Other sentence-transformers
+    models load as they are, in the dtype given only when it is not ``auto``.
     """
+    import torch
     from sentence_transformers import SentenceTransformer
+
+    from modeling_llara import resolve_dtype
 
     path = Path(name_or_path)
     if path.exists() and not path.is_dir():
         raise FileNotFoundError(f"model path is a file, expected a model folder: {path}")
     trust = is_llara_folder(path)
-    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust)
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_kwargs = None
+    if trust or dtype != "auto":
+        model_kwargs = {"dtype": resolve_dtype(dtype, target)}
+    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust, model_kwargs=model_kwargs)
 
 
 def _normalized(encode_side: Callable[..., Any], batch_size: int) -> EncodeFn:

@@ -261,6 +261,7 @@ def rank_collection(
     top_k: int = 1000,
     batch_size: int = 32,
     device: str | None = None,
+    dtype: str = "auto",
     spec: IndexSpec | None = None,
     show_progress: bool = False,
 ) -> Hits:
@@ -270,7 +271,7 @@ def rank_collection(
     query_ids, query_texts = list(queries), list(queries.values())
     if isinstance(model_name, str) and is_bm25(model_name):
         return rank_bm25(doc_ids, doc_texts, query_ids, query_texts, top_k=top_k, show_progress=show_progress)
-    model = load_encoder(model_name, device=device) if isinstance(model_name, str) else model_name
+    model = load_encoder(model_name, device=device, dtype=dtype) if isinstance(model_name, str) else model_name
     return rank_dense(
         model,
         doc_ids,
@@ -312,13 +313,15 @@ def evaluate_model(
     top_k: int = 1000,
     batch_size: int = 32,
     device: str | None = None,
+    dtype: str = "auto",
     spec: IndexSpec | None = None,
     show_progress: bool = False,
 ) -> ModelEvaluation:
     """Rank ``dataset`` with one model or ``bm25`` and score the run."""
     started = time.perf_counter()
     hits = rank_collection(
-        model_name, dataset, top_k=top_k, batch_size=batch_size, device=device, spec=spec, show_progress=show_progress
+        model_name, dataset, top_k=top_k, batch_size=batch_size, device=device, dtype=dtype, spec=spec,
+        show_progress=show_progress,
     )
     run = hits_to_run(hits)
     return ModelEvaluation(

@@ -51,6 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     rank.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000, as Recall@1000 needs).")
     rank.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
     rank.add_argument("--device", default=None, help="Torch device for the encoders.")
+    rank.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                      help="Compute dtype of LLaRA encoders: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 (and CUDA "
+                           "devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto).")
     rank.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_index_spec_args(parser)
     return parser
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 top_k=args.top_k,
                 batch_size=args.batch_size,
                 device=args.device,
+                dtype=args.dtype,
                 spec=spec,
                 show_progress=not args.no_progress,
             )

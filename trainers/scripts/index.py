@@ -68,6 +68,9 @@ def make_parser() -> argparse.ArgumentParser:
         __doc__,
     )
     parser.add_argument("--model", required=True, help="LLaRA model folder, or any sentence-transformers model path/name.")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
+                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
     parser.add_argument("--corpus", required=True, help="corpus.jsonl with one {\"_id\", \"title\", \"text\"} object per line.")
     parser.add_argument("--out", required=True, help="Index directory to create.")
     parser.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
@@ -100,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus)
     ids = list(corpus)
     texts = [passage_text(doc["title"], doc["text"]) for doc in corpus.values()]
-    model = load_encoder(args.model, device=args.device)
+    model = load_encoder(args.model, device=args.device, dtype=args.dtype)
     out = build_corpus_index(
         document_encoder(model, args.batch_size),
         ids,
         texts,
         args.out,
-        model_id=model_identity(args.model),
+        model_id=f"{model_identity(args.model)}|dtype={args.dtype}",  # bf16 and fp32 shards must not mix
         spec=spec,
         shard_size=args.shard_size,
         batch_size=args.batch_size,

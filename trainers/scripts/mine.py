@@ -21,6 +21,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="passages to mine from: a BEIR corpus.jsonl, a BEIR folder, or a jsonl/text file (one "
                         "passage per line, or {'text': ...}); default: the BEIR corpus or all passages of --data")
     parser.add_argument("--model", required=True, help="a LLaRA model folder, or 'bm25'")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
+                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
     parser.add_argument("--out", required=True, help="output jsonl (written atomically)")
     parser.add_argument("--range-start", type=int, default=10, help="first rank of the window, 0-based (default 10)")
     parser.add_argument("--range-end", type=int, default=100, help="rank after the window's last (default 100)")
@@ -85,14 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus = _read_corpus(args.corpus) if args.corpus else pool
     model = None
     if method == "dense":
-        import torch
-        from sentence_transformers import SentenceTransformer
-
         from trainers.model_folders import require_llara_folder
+        from trainers.retrieval.encoding import load_encoder
 
         require_llara_folder(args.model, what="--model")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = SentenceTransformer(args.model, trust_remote_code=True, device=device)
+        model = load_encoder(args.model, device=args.device, dtype=args.dtype)
         if args.max_text_tokens is not None:
             model.max_seq_length = args.max_text_tokens
     mined, report = mine_hard_negatives(examples, corpus, config, model=model, show_progress=not args.quiet)

@@ -27,6 +27,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="TREC run file to write.")
     parser.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000).")
     parser.add_argument("--model", default=None, help="Query encoder; default: the model the index was built with.")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
+                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
     parser.add_argument("--batch-size", type=int, default=32, help="Queries per encoder batch (default 32).")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: cells visited per query (default: as built).")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: query-time beam width (default: as built).")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = args.model or loaded.meta.get("model")
     if not model_name:
         raise ValueError(f"{args.index} does not record its model; pass --model")
-    model = load_encoder(model_name, device=args.device)
+    model = load_encoder(model_name, device=args.device, dtype=args.dtype)
     with tqdm(total=len(queries), desc="Encoding queries", unit="query") as progress:
         embeddings = encode_texts(
             query_encoder(model, args.batch_size), list(queries.values()), batch_size=args.batch_size, progress=progress
