@@ -243,7 +243,7 @@ def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
 
         encode_query = encode_document
 
-    monkeypatch.setattr("trainers.retrieval.encoding.load_encoder", lambda name, device=None: StandIn())
+    monkeypatch.setattr("trainers.retrieval.encoding.load_encoder", lambda name, device=None, dtype="auto": StandIn())
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) + "\n" for i in range(30)))
     queries = tmp_path / "queries.jsonl"

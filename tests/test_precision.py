@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,56 @@ def test_training_never_switches_the_dtype(tiny_llara_dir, monkeypatch):
     out.sum().backward()
     assert module.auto_model.dtype == torch.float32
     assert np.isfinite(next(module.auto_model.parameters()).grad.numpy()).all()
+
+
+@pytest.mark.parametrize("model_class", ["LlaraModel", "LlaraForPretraining"])
+def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_llara_dir, monkeypatch, model_class):
+    from trainers.pretraining import PretrainingCollator
+
+    # Given a model training under bf16 autocast on CPU, and a spy on the fp32 attention path
+    torch.manual_seed(0)
+    model = getattr(modeling, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
+    texts = ["apt kernel driver python library", "font icon", "server client daemon tool shell audio"]
+    # embeddings are unit vectors: a fixed direction gives a loss (and gradients) that depend on them
+    direction = torch.randn(model.config.get_text_config().hidden_size, generator=torch.Generator().manual_seed(1))
+    if model_class == "LlaraModel":
+        batch = LlaraInputBuilder(tokenizer, model.config)(texts, task="document")
+        out = lambda: (model(**batch).pooler_output.float() @ direction).sum()  # noqa: E731
+    else:
+        collate = PretrainingCollator(tokenizer, model.config, max_length=200)
+        batch = collate([{"input": t, "next": None} for t in texts])
+        forward_keys = ("input_ids", "attention_mask", "segment_ids")
+        out = lambda: (model(**{k: batch[k] for k in forward_keys}).summarize_embeds.float() @ direction).sum()  # noqa: E731
+    calls = []
+    real = modeling._sdpa_in_fp32
+    monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION,
+                        lambda *a, **k: calls.append(a[1].dtype) or real(*a, **k))
+
+    def grads(fp32_attention: bool):
+        model.zero_grad(set_to_none=True)
+        if not fp32_attention:  # the plain bf16 sdpa path, for reference
+            monkeypatch.setattr(modeling, "cpu_bf16_training_attention", lambda backbone: contextlib.nullcontext())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = out()
+        loss.backward()
+        monkeypatch.undo() if not fp32_attention else None
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # When the same step runs with the fp32 attention path and with bf16 sdpa
+    loss_fp32_attn, with_fp32 = grads(True)
+    # Then the fp32 path ran once per layer, and the attention implementation is restored
+    layers = model.config.get_text_config().num_hidden_layers
+    assert len(calls) == layers
+    assert model.model.config._attn_implementation == "sdpa"
+    monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION, real)
+    loss_bf16, with_bf16 = grads(False)
+    # And it computes the same step up to bf16 rounding
+    assert loss_fp32_attn == pytest.approx(loss_bf16, rel=2e-2)
+    for name, grad in with_bf16.items():
+        assert (with_fp32[name] - grad).norm() <= 0.05 * grad.norm() + 1e-6, name
+    # And inference (no grad) keeps plain bf16 sdpa
+    calls.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out()
+    assert calls == []
