@@ -52,8 +52,8 @@ DOMAINS = ("debian", "pydocs")
 DOMAIN_TITLES = {"debian": "held-out Debian descriptions", "pydocs": "Python stdlib docstrings (zero-shot)"}
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 PRIMARY = (("b", "a"), ("b", "b-lm"), ("d", "c"), ("d", "d-lm"))
-QUICK = {"pretrain_steps": 2, "finetune_steps": 2, "test_queries": 20, "test_corpus": 100, "pydocs_queries": 20,
-         "pydocs_corpus": 100, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000}
+QUICK = {"pretrain_steps": 2, "finetune_steps": 2, "test_queries": 8, "test_corpus": 32, "pydocs_queries": 8,
+         "pydocs_corpus": 32, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000}
 
 
 # ---- statistics -------------------------------------------------------------------------------------
