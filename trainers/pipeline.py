@@ -137,20 +137,22 @@ def pretrain(cfg: PipelineConfig, base: Path, data: Path, out: Path | None = Non
     data_overrides = {k: v for k, v in overrides.items() if k in data_fields}
     train_overrides = {k: v for k, v in overrides.items() if k not in data_fields and v is not None}
     model_args = PretrainingModelArguments(model_name_or_path=str(base), export_dir=str(out))
-    data_args = PretrainingDataArguments(
-        train_files=[str(data)], max_length=cfg.pretrain_max_length, remove_stopwords=cfg.remove_stopwords,
+    # Overrides replace the config's values (one merged dict: no duplicate keyword arguments).
+    data_args = PretrainingDataArguments(**{
+        "train_files": [str(data)], "max_length": cfg.pretrain_max_length, "remove_stopwords": cfg.remove_stopwords,
         **data_overrides,
-    )
+    })
     weights = {k: v for k, v in (("ebae_weight", cfg.ebae_weight), ("ebar_weight", cfg.ebar_weight)) if v is not None}
-    training_args = PretrainingArguments(
+    training_args = PretrainingArguments(**{
         **_trainer_settings(cfg, out),
-        per_device_train_batch_size=cfg.pretrain_batch_size,
-        warmup_ratio=0.1,
-        loss_mode=cfg.loss_mode,
-        learning_rate=cfg.pretrain_lr,
-        max_steps=cfg.pretrain_steps,
-        **{**weights, **train_overrides},
-    )
+        "per_device_train_batch_size": cfg.pretrain_batch_size,
+        "warmup_ratio": 0.1,
+        "loss_mode": cfg.loss_mode,
+        "learning_rate": cfg.pretrain_lr,
+        "max_steps": cfg.pretrain_steps,
+        **weights,
+        **train_overrides,
+    })
     logger.info("llara pretrain -> %s", out)
     run_pretraining(model_args, data_args, training_args)
     _copy_trainer_state(Path(training_args.output_dir), out)
@@ -220,7 +222,7 @@ def _copy_trainer_state(run_dir: Path, out: Path) -> None:
             shutil.copyfile(run_dir / name, out / name)
 
 
-def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dict:
+def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str, dataset_name: str = "debian-descriptions") -> dict:
     """nDCG@10, MRR@10, Recall@100, MAP on the test collection; cached as results/<label>.json."""
     from trainers.io import atomic_write_json
     from trainers.retrieval.beir import load_beir
@@ -235,7 +237,7 @@ def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str) -> dic
     record = {
         "label": label,
         "model": str(model),
-        "dataset": "debian-descriptions",
+        "dataset": dataset_name,
         "split": "test",
         "seconds": round(time.perf_counter() - started, 1),
         **evaluation.result.to_dict(),

@@ -1,0 +1,100 @@
+"""Statistics helpers of benchmarks/paper_comparison.py (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "paper_comparison.py"
+_spec = importlib.util.spec_from_file_location("paper_comparison", _PATH)
+pc = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = pc  # dataclasses look their module up there
+_spec.loader.exec_module(pc)
+
+
+def test_one_run_has_no_std():
+    assert pc.mean_std([0.5]) == (0.5, None)
+    assert pc.format_mean_std([0.5]) == "0.5000 ± n/a"
+    assert "± 0.0000" not in pc.format_mean_std([0.25])
+
+
+def test_sample_std_over_seeds():
+    mean, std = pc.mean_std([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2)
+    assert std == pytest.approx(np.std([0.1, 0.2, 0.3], ddof=1))
+    assert pc.format_mean_std([0.1, 0.2, 0.3]) == "0.2000 ± 0.1000"
+    with pytest.raises(ValueError, match="no values"):
+        pc.mean_std([])
+
+
+def test_permutation_identical_inputs_give_p_one():
+    x = np.random.default_rng(1).random(50)
+    test = pc.paired_permutation_test(x, x.copy(), permutations=2000)
+    assert test["p_value"] == pytest.approx(1.0)
+    assert test["mean_diff"] == 0.0 and test["wins"] == test["losses"] == 0
+
+
+def test_permutation_consistent_shift_gives_small_p():
+    rng = np.random.default_rng(2)
+    y = rng.random(60)
+    x = y + 0.05 + 0.01 * rng.standard_normal(60)  # every query better by ~0.05
+    test = pc.paired_permutation_test(x, y, permutations=2000)
+    assert test["p_value"] < 0.001  # the smallest reachable value is 1/2001
+    assert test["wins"] == 60
+    assert test["mean_diff"] == pytest.approx(float(np.mean(x - y)))
+    # two-sided: the reversed comparison gets the same p and the opposite difference
+    reverse = pc.paired_permutation_test(y, x, permutations=2000)
+    assert reverse["p_value"] == test["p_value"] and reverse["mean_diff"] == pytest.approx(-test["mean_diff"])
+
+
+def test_permutation_noise_is_not_significant():
+    rng = np.random.default_rng(3)
+    y = rng.random(80)
+    x = y + rng.choice([-0.1, 0.1], size=80)  # as many queries up as down, on average
+    test = pc.paired_permutation_test(x, y, permutations=2000)
+    assert test["p_value"] > 0.2 and test["wins"] + test["losses"] == 80
+
+
+def test_seed_sign_check():
+    same = pc.seed_sign_check({0: 0.02, 1: 0.01, 2: 0.005})
+    assert same["consistent"] and same["positive"] == 3 and "all 3 seeds (+)" in same["verdict"]
+    negative = pc.seed_sign_check({0: -0.02, 1: -0.01})
+    assert negative["consistent"] and "(-)" in negative["verdict"]
+    mixed = pc.seed_sign_check({0: 0.02, 1: -0.01, 2: 0.0})
+    assert not mixed["consistent"] and mixed["verdict"] == "mixed (1+ / 1- / 1 tied)"
+    assert mixed["per_seed_diff"] == {"0": 0.02, "1": -0.01, "2": 0.0}
+    single = pc.seed_sign_check({0: 0.3})
+    assert not single["consistent"] and single["verdict"].startswith("one seed")
+    with pytest.raises(ValueError):
+        pc.seed_sign_check({})
+
+
+def test_holm_adjustment():
+    adjusted = pc.holm([0.01, 0.04, 0.03, 0.5])
+    # sorted: 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> monotone 0.09, 0.5*1=0.5
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert all(a >= p for a, p in zip(adjusted, [0.01, 0.04, 0.03, 0.5]))
+    assert pc.holm([0.9, 0.9]) == [1.0, 1.0]
+    assert math.isclose(pc.holm([0.2])[0], 0.2)
+
+
+def test_quick_and_budget_labels():
+    args = pc.resolve(pc.make_parser().parse_args(["--budget-scale", "5"]))
+    assert args.budget_label == "budget5x" and args.pretrain_steps_run == 200 and args.seeds == [0, 1, 2]
+    quick = pc.resolve(pc.make_parser().parse_args(["--quick"]))
+    assert quick.budget_label == "quick" and quick.seeds == [0] and quick.paper_lrs == [5e-5]
+    assert quick.pretrain_steps_run == pc.QUICK["pretrain_steps"]
+    with pytest.raises(SystemExit):
+        pc.resolve(pc.make_parser().parse_args(["--seeds", "1", "1"]))
+
+
+def test_variant_labels_are_unique():
+    args = pc.resolve(pc.make_parser().parse_args(["--preprocessing-ablation"]))
+    keys = [v.key for v in pc.build_variants(args)]
+    assert len(keys) == len(set(keys))
+    assert {"b-paper-lr1e-05", "b-paper-lr5e-05", "b-paper-lr2e-04", "b-keepstop", "b-lm", "d-lm"} <= set(keys)
