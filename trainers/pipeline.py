@@ -56,6 +56,9 @@ class PipelineConfig:
     mine_range: tuple[int, int] = (3, 30)
     use_lora: bool = True
     eval_batch_size: int = 16
+    # compute dtype: "auto" = bf16 where the hardware runs it natively (training: bf16 autocast over fp32
+    # master weights; inference: bf16 backbone, fp32 pooling), fp32 elsewhere
+    dtype: str = "auto"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -104,6 +107,20 @@ def init_model(cfg: PipelineConfig, out: Path | None = None) -> Path:
     return out
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bf16(cfg: PipelineConfig) -> bool:
+    import torch
+
+    from modeling_llara import resolve_dtype
+
+    return resolve_dtype(cfg.dtype, _device()) == torch.bfloat16
+
+
 def _trainer_settings(cfg: PipelineConfig, out: Path) -> dict:
     """TrainingArguments common to both training stages of the pipeline."""
     return {
@@ -113,7 +130,8 @@ def _trainer_settings(cfg: PipelineConfig, out: Path) -> dict:
         "report_to": "none",
         "seed": cfg.seed,
         "dataloader_pin_memory": False,
-        "use_cpu": True,
+        "use_cpu": _device() == "cpu",
+        "bf16": _bf16(cfg),  # autocast over fp32 master weights
     }
 
 
@@ -174,9 +192,9 @@ def mine(cfg: PipelineConfig, train: Path, model: str | None = None) -> Path:
     examples, pool, _ = load_examples(train)
     encoder = None
     if method == "dense":
-        from sentence_transformers import SentenceTransformer
+        from trainers.retrieval.encoding import load_encoder
 
-        encoder = SentenceTransformer(str(model), trust_remote_code=True, device="cpu")
+        encoder = load_encoder(str(model), device=_device(), dtype=cfg.dtype)
     logger.info("llara mine (%s) -> %s", model, out)
     mined, report = mine_hard_negatives(examples, pool, config, model=encoder, show_progress=False)
     logger.info("mining: %s", report.summary())
@@ -233,7 +251,8 @@ def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str, datase
         return json.loads(path.read_text())
     dataset = load_beir(beir_dir, split="test")
     started = time.perf_counter()
-    evaluation = evaluate_model(str(model), dataset, top_k=100, batch_size=cfg.eval_batch_size, show_progress=True)
+    evaluation = evaluate_model(str(model), dataset, top_k=100, batch_size=cfg.eval_batch_size, dtype=cfg.dtype,
+                                show_progress=True)
     record = {
         "label": label,
         "model": str(model),
@@ -251,6 +270,7 @@ def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str, datase
 def check_export(hub: Path, source: Path, beir_dir: Path, n: int = 16) -> dict:
     """Embeddings of the exported folder (sentence-transformers) against the source model's."""
     import numpy as np
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from trainers.retrieval.beir import load_beir
@@ -258,8 +278,9 @@ def check_export(hub: Path, source: Path, beir_dir: Path, n: int = 16) -> dict:
     dataset = load_beir(beir_dir, split="test")
     queries = list(dataset.eval_queries.values())[:n]
     docs = dataset.passages()[1][:n]
-    exported = SentenceTransformer(str(hub), trust_remote_code=True, device="cpu")
-    original = SentenceTransformer(str(source), trust_remote_code=True, device="cpu")
+    # the same dtype on both sides: the check is about the exported weights and code, not about precision
+    exported = SentenceTransformer(str(hub), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32})
+    original = SentenceTransformer(str(source), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32})
     diff = max(
         float(np.abs(exported.encode_query(queries) - original.encode_query(queries)).max()),
         float(np.abs(exported.encode_document(docs) - original.encode_document(docs)).max()),

@@ -22,12 +22,28 @@ def make_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--out", default=defaults.out, help=f"work folder (default {defaults.out})")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
-    parser.add_argument("--finetune-steps", type=int, default=defaults.finetune_steps)
-    parser.add_argument("--test-queries", type=int, default=defaults.n_test_queries)
-    parser.add_argument("--test-corpus", type=int, default=defaults.n_test_corpus)
-    parser.add_argument("--loss-mode", choices=["reference", "paper"], default=defaults.loss_mode)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data split and the training runs")
+    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps,
+                        help=f"stage-1 steps of {defaults.pretrain_batch_size} texts (default {defaults.pretrain_steps})")
+    parser.add_argument("--finetune-steps", type=int, default=defaults.finetune_steps,
+                        help=f"stage-2 steps (default {defaults.finetune_steps})")
+    parser.add_argument("--test-queries", type=int, default=defaults.n_test_queries,
+                        help=f"held-out queries (default {defaults.n_test_queries})")
+    parser.add_argument("--test-corpus", type=int, default=defaults.n_test_corpus,
+                        help=f"held-out documents (default {defaults.n_test_corpus})")
+    parser.add_argument("--loss-mode", choices=["reference", "paper"], default=defaults.loss_mode,
+                        help="stage-1 loss: reference = LM + (EBAE/10 + EBAR/10)/2 (released code), paper = EBAE + EBAR")
+    parser.add_argument("--pretrain-lr", type=float, default=defaults.pretrain_lr, help=f"stage-1 learning rate (default {defaults.pretrain_lr:g})")
+    parser.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr, help=f"stage-2 learning rate (default {defaults.finetune_lr:g})")
+    parser.add_argument("--finetune-batch-size", type=int, default=defaults.finetune_batch_size,
+                        help=f"stage-2 queries per step (default {defaults.finetune_batch_size})")
+    parser.add_argument("--group-size", type=int, default=defaults.group_size,
+                        help=f"stage-2 passages per query: 1 positive + hard negatives (default {defaults.group_size})")
+    parser.add_argument("--mine-with", default=defaults.mine_with,
+                        help="hard negatives from 'bm25' or 'pretrained' (the stage-1 model, dense; default bm25)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=defaults.dtype,
+                        help="compute dtype: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 and bf16 GPUs (training "
+                             "under bf16 autocast with fp32 master weights), fp32 elsewhere (default auto)")
     parser.add_argument("--no-baselines", action="store_true", help="skip BM25 and all-MiniLM-L6-v2")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run in a few minutes: 3+3 training steps, 40 queries, 150 documents")
@@ -37,7 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    for flag in ("pretrain_steps", "finetune_steps", "test_queries", "test_corpus"):
+    for flag in ("pretrain_steps", "finetune_steps", "test_queries", "test_corpus", "finetune_batch_size", "group_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     import time
@@ -53,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         n_test_queries=args.test_queries,
         n_test_corpus=args.test_corpus,
         loss_mode=args.loss_mode,
+        pretrain_lr=args.pretrain_lr,
+        finetune_lr=args.finetune_lr,
+        finetune_batch_size=args.finetune_batch_size,
+        group_size=args.group_size,
+        mine_with=args.mine_with,
+        dtype=args.dtype,
     )
     if args.quick:
         cfg.pretrain_steps, cfg.finetune_steps = 3, 3
@@ -74,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = p.pretrain(cfg, init, data["pretrain"])
     results.append(p.evaluate(cfg, str(pretrained), data["test"], "llara-pretrained"))
     step(5, f"mine hard negatives for the training pairs with {cfg.mine_with}")
-    mined = p.mine(cfg, data["train"])
+    mined = p.mine(cfg, data["train"], model=str(pretrained) if cfg.mine_with == "pretrained" else None)
     step(6, f"contrastive fine-tuning ({cfg.finetune_steps} steps, LoRA, group {cfg.group_size})")
     finetuned = p.finetune(cfg, pretrained, mined)
     step(7, "evaluate the fine-tuned model" + ("" if args.no_baselines else " and the baselines"))
