@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.model or str(cached_default_llara(args.cache))
     model = LlaraModel.from_pretrained(folder, dtype=torch.float32).eval()
     model_bf16 = LlaraModel.from_pretrained(folder, dtype=torch.bfloat16).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     builder = LlaraInputBuilder(tokenizer, model.config)
     # sentence-transformers around this checkout's module (the folder's copy of the code may be older)
     st = {

@@ -52,6 +52,7 @@ class TrainingSummary:
     hardware: str | None = None
     objective: str | None = None
     datasets: list[str] = field(default_factory=list)
+    matryoshka_dims: list[int] = field(default_factory=list)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -177,6 +178,9 @@ def _apply_training_args(summary: TrainingSummary, args: dict[str, Any]) -> None
         summary.precision = "fp16"
     elif "bf16" in args or "fp16" in args:
         summary.precision = "fp32"
+    dims = args.get("matryoshka_dims")
+    if isinstance(dims, list) and all(isinstance(d, int) for d in dims):
+        summary.matryoshka_dims = sorted(dims, reverse=True)
     for key in ("objective", "loss_mode", "mode"):
         if isinstance(args.get(key), str) and summary.objective is None:
             summary.objective = args[key]
