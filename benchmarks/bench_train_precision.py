@@ -3,7 +3,7 @@
 * ``stage1``: the EBAE/EBAR pretraining step (``LlaraForPretraining``, one pass over both suffixes, the
   reference loss with the fused LM term), batch built as ``bench_pretrain_step.py`` builds it;
 * ``stage2``: a contrastive step: ``LlaraModel`` embeds ``--batch`` queries and ``--batch`` passages (one
-  positive each, in-batch negatives) and ``info_nce_loss`` (temperature 0.01) scores them.
+  positive each, in-batch negatives), scored as stage 2 scores them (InfoNCE over fp32 cosine, temperature 0.01).
 
 Precisions, interleaved step by step so machine noise hits all: ``fp32``; ``autocast`` (fp32 weights,
 ``torch.autocast(dtype=bfloat16)`` around forward + loss, as ``--bf16`` training); ``bf16_weights`` (the
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bench_pretrain_step as pretrain_bench
     from modeling_llara import LlaraModel
-    from trainers.finetuning.loss import info_nce_loss
+    from trainers.finetuning.loss import fp32_cos_sim
     from trainers.io import atomic_write_json
 
     if args.quick:
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 q = model(**queries).pooler_output
                 p = model(**passages).pooler_output
-                loss = info_nce_loss(q, p, 0.01)
+                scores = fp32_cos_sim(q, p) / 0.01  # (batch, batch): the positive of query i is passage i
+                loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(q)))
         loss.backward()
         model.zero_grad(set_to_none=True)
         return float(loss.detach())

@@ -153,3 +153,59 @@ def test_matryoshka_training_makes_truncated_embeddings_normalized_prefixes(tiny
         cut = torch.as_tensor(getattr(short, encode)(texts, normalize_embeddings=True))
         assert cut.shape == (2, 8)
         assert torch.allclose(cut, torch.nn.functional.normalize(whole[:, :8], dim=-1), atol=1e-6)
+
+
+_KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+from trainers.finetuning import trainer as stage2
+from trainers.scripts import finetune
+
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+init = stage2.LlaraFinetuneTrainer.__init__
+stage2.LlaraFinetuneTrainer.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "callbacks": [KillAfterSave()]})
+sys.exit(finetune.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_then_resume_skips_a_half_written_checkpoint_and_equals_an_uninterrupted_run(
+    tiny_llara_dir, train_jsonl, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from trainers.scripts.finetune import main
+
+    common = ["--model_name_or_path", str(tiny_llara_dir), "--train_data", str(train_jsonl), "--group_size", "3",
+              "--query_max_length", "72", "--passage_max_length", "88", "--lora_r", "4", "--per_device_train_batch_size",
+              "3", "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--use_cpu", "true",
+              "--learning_rate", "0.01", "--seed", "3"]
+    # Given a run SIGKILLed right after its step-2 checkpoint, and a step-4 checkpoint cut short while saving
+    killed = tmp_path / "killed"
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), *common, "--output_dir", str(killed)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "checkpoint-2" / "trainer_state.json").is_file() and not (killed / "final").exists()
+    partial = killed / "checkpoint-4"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"\0" * 64)  # what a kill mid-save leaves
+    # When the run resumes from its last checkpoint, and an uninterrupted run goes side by side
+    assert main([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "last"]) == 0
+    whole = tmp_path / "whole"
+    assert main([*common, "--output_dir", str(whole)]) == 0
+    # Then the half-written checkpoint was not trusted (it was rewritten) and both runs end with the same weights
+    assert (killed / "checkpoint-4" / "trainer_state.json").is_file()
+    a, b = _safetensors(killed / "final"), _safetensors(whole / "final")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key

@@ -260,3 +260,29 @@ def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
     assert len(lines) == 6
     assert lines[0].split()[:4] == ["q1", "Q0", "d3", "1"]  # a text's own vector is its nearest neighbour
     assert lines[3].split()[:4] == ["q2", "Q0", "d17", "1"]
+
+
+def test_index_records_the_model_by_absolute_path_and_overwrite_drops_stale_shards(tmp_path, monkeypatch):
+    from trainers.retrieval.corpus_index import work_dir_for
+    from trainers.retrieval.faiss_index import read_index_meta
+    from trainers.scripts import index as index_script
+
+    class StandIn:
+        def encode_document(self, texts, **kwargs):
+            return FakeEncoder()(texts)
+
+    monkeypatch.setattr("trainers.retrieval.encoding.load_encoder", lambda name, device=None, dtype="auto": StandIn())
+    # Given a model folder named relative to the working directory, and a stale shard folder of an earlier build
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) + "\n" for i in range(12)))
+    out = tmp_path / "idx"
+    stale = work_dir_for(out) / "shards"
+    stale.mkdir(parents=True)
+    (stale / "leftover.npy").write_bytes(b"junk")
+    # When the index is built with --overwrite
+    assert index_script.main(["--model", "m", "--corpus", str(corpus), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    # Then meta.json names the model by absolute path (search works from any directory) and no shard is left behind
+    assert read_index_meta(out)["model"] == str((tmp_path / "m").resolve())
+    assert not work_dir_for(out).exists()

@@ -129,3 +129,21 @@ def test_missing_folder_or_file_is_named(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotLlaraModelError, match=r"file is a file, expected a model folder"):
         require_llara_folder(tmp_path / "file")
+
+
+def test_last_complete_checkpoint_skips_checkpoints_cut_short(tmp_path):
+    from trainers.recipes import last_complete_checkpoint, resolve_checkpoint
+
+    for step, state in ((2, "{}"), (4, "{}"), (6, '{"trunc'), (8, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert resolve_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-4")
+    assert resolve_checkpoint(None, tmp_path) is None and last_complete_checkpoint(tmp_path / "nowhere") is None
+    with pytest.raises(ValueError, match="not written to the end"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(str(tmp_path / "checkpoint-10"), tmp_path)

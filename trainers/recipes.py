@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,21 +96,56 @@ def parse_recipe_args(parser, argv: Sequence[str] | None, required: Sequence[str
     return parsed
 
 
-def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike) -> str | None:
-    """``True``/``"true"``/``"last"``/``"auto"``: the last checkpoint in ``output_dir`` (None when there is none); a path: that path."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete(checkpoint: Path) -> bool:
+    """A Trainer writes ``trainer_state.json`` last: a checkpoint without a readable one was cut short."""
+    import json
 
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The highest ``checkpoint-N`` in ``output_dir`` that was written to the end (None when there is none).
+
+    A run killed while saving leaves a ``checkpoint-N`` without its trainer state; transformers'
+    ``get_last_checkpoint`` would pick it and resume from half-written weights. It is skipped (and logged); the
+    resumed run writes that step again.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for path in output_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            steps.append((int(match.group(1)), path))
+    for _, path in sorted(steps, reverse=True):
+        if _complete(path):
+            return str(path)
+        logger.warning("skipping %s: it was not written to the end (no readable trainer_state.json)", path)
+    return None
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """``True``/``"true"``/``"last"``/``"auto"``: the last complete checkpoint in ``output_dir`` (None when there
+    is none); a path: that path, which must be a complete checkpoint."""
     if resume_from_checkpoint in (None, False, "", "false", "False"):
         return None
     if resume_from_checkpoint in (True, "true", "True", "last", "latest", "auto"):
-        last = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
+        last = last_complete_checkpoint(output_dir)
         if last:
             logger.info("resuming from %s", last)
         return last
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+    if not _complete(path):
+        raise ValueError(f"--resume_from_checkpoint {path}: the checkpoint was not written to the end "
+                         "(no readable trainer_state.json)")
     return str(path)
 
 
-__all__ = ["make_recipe_parser", "parse_recipe_args", "resolve_checkpoint"]
+__all__ = ["last_complete_checkpoint", "make_recipe_parser", "parse_recipe_args", "resolve_checkpoint"]
