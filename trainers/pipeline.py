@@ -36,7 +36,7 @@ class PipelineConfig:
     # inference text budget (tokens, prompt excluded), also used for evaluation
     max_text_tokens: int = 64
     # stage 1
-    pretrain_steps: int = 40
+    pretrain_steps: int = 80
     pretrain_batch_size: int = 8
     pretrain_lr: float = 5e-5
     pretrain_max_length: int = 128  # released run: 128 tokens per row in all
@@ -45,8 +45,8 @@ class PipelineConfig:
     ebae_weight: float | None = None
     ebar_weight: float | None = None
     # stage 2
-    finetune_steps: int = 40
-    finetune_batch_size: int = 4
+    finetune_steps: int = 150
+    finetune_batch_size: int = 8
     group_size: int = 4
     finetune_lr: float = 3e-4
     temperature: float = 0.01
