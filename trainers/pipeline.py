@@ -45,7 +45,7 @@ class PipelineConfig:
     ebae_weight: float | None = None
     ebar_weight: float | None = None
     # stage 2
-    finetune_steps: int = 150
+    finetune_steps: int = 75
     finetune_batch_size: int = 8
     group_size: int = 4
     finetune_lr: float = 3e-4

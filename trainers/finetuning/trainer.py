@@ -168,9 +168,8 @@ class LlaraFinetuneTrainer(SentenceTransformerTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # sentence-transformers would write a sentence-transformers folder and ignore ``state_dict`` (the gathered
         # weights of a ZeRO-3 run); LLaRA checkpoints are the inner model: full weights, or the adapter under LoRA.
-        from transformers.trainer import TRAINING_ARGS_NAME
-
         import torch
+        from transformers.trainer import TRAINING_ARGS_NAME
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -194,7 +193,6 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
     from transformers import AutoTokenizer
 
     from modeling_llara import LlaraModel
-
     from trainers.model_folders import require_llara_folder
 
     refuse_lora_under_fsdp(args, args.use_lora and args.train_special_tokens)
