@@ -2,8 +2,9 @@
 
 The released LLaRA fine-tuning recipe (FlagEmbedding research/LLARA) puts LoRA (r=64, alpha=16, dropout 0.1) on
 ``q,k,v,o,gate,up,down``. The 16 special tokens ``<s1>..<s16>`` are new rows of the embedding matrix:
-under plain LoRA they would stay frozen at their initialization (the mean row written by ``llara init``),
-so :func:`apply_lora` also makes exactly those rows trainable with peft's ``trainable_token_indices``
+under plain LoRA they would stay frozen at their initialization (the mean row written by ``llara init``).
+Training them is our own choice, not the released recipe's (its LoRA leaves them as pretrained): with
+``train_special_tokens=True`` (the default), :func:`apply_lora` also makes exactly those rows trainable with peft's ``trainable_token_indices``
 (a 16 x hidden delta, not the whole vocabulary as ``modules_to_save`` would). When the backbone ties its
 LM head to the input embeddings (SmolLM2), peft ties the trainable rows of both.
 
