@@ -43,7 +43,9 @@ def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
         f"then {config['finetune_steps']} fine-tuning steps x {config['finetune_batch_size']} queries x group "
         f"{config['group_size']} (LoRA, lr {config['finetune_lr']:g}, temperature {config['temperature']:g}, "
         f"{config['mine_with']} negatives from ranks {config['mine_range'][0]}-{config['mine_range'][1]}); "
-        f"{config['n_test_queries']} held-out queries, {config['n_test_corpus']} documents; "
+        f"compute dtype `{config.get('dtype', 'float32')}`"
+        + (" (bf16 on CPUs with AMX-BF16/AVX512-BF16, fp32 elsewhere)" if config.get("dtype") == "auto" else "")
+        + f"; {config['n_test_queries']} held-out queries, {config['n_test_corpus']} documents; "
         f"{data['seconds'] / 60:.0f} min wall time.",
         "",
         "| model | " + " | ".join(name for _, name in METRICS) + " |",
