@@ -42,7 +42,7 @@ demo: install
 	$(VENV)/bin/llara demo --out $(OUT)/demo
 
 bench-compare: install
-	$(PY) benchmarks/paper_comparison.py --reuse $(OUT)/pipeline --out $(OUT)/paper_comparison --seeds 0
+	$(PY) benchmarks/paper_comparison.py --out $(OUT)/paper_comparison
 
 test: install
 	$(PY) -m pytest

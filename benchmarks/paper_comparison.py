@@ -170,10 +170,13 @@ def make_parser() -> argparse.ArgumentParser:
                         help="training seeds: data order, LoRA init, negative sampling (default: %(default)s)")
     parser.add_argument("--data-seed", type=int, default=0,
                         help="seed of the data split (Debian and pydocs), fixed across training seeds (default: %(default)s)")
-    parser.add_argument("--pretrain-steps", type=int, default=40,
-                        help="stage-1 steps at budget scale 1 (default: %(default)s)")
-    parser.add_argument("--finetune-steps", type=int, default=40,
-                        help="stage-2 steps at budget scale 1 (default: %(default)s)")
+    from trainers.pipeline import PipelineConfig
+
+    main_job = PipelineConfig()
+    parser.add_argument("--pretrain-steps", type=int, default=main_job.pretrain_steps,
+                        help="stage-1 steps at budget scale 1 (default: the main job's, %(default)s)")
+    parser.add_argument("--finetune-steps", type=int, default=main_job.finetune_steps,
+                        help="stage-2 steps at budget scale 1 (default: the main job's, %(default)s)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
                         help="multiplies both step counts; results go to <out>/budget<K>x/ so budgets live side "
                              "by side (the >= 5x run is reported next to 1x in <out>/budgets.md) (default: %(default)s)")
