@@ -98,38 +98,23 @@ def lora_config(
     )
 
 
-def apply_lora(
-    model,
-    r: int = DEFAULT_LORA_R,
-    alpha: int = DEFAULT_LORA_ALPHA,
-    dropout: float = DEFAULT_LORA_DROPOUT,
-    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-    train_special_tokens: bool = True,
-    special_token_ids: Sequence[int] | None = None,
-):
+def apply_lora(model, **lora_options):
     """Wrap a LLaRA model (``LlaraModel`` or ``LlaraForPretraining``) in a peft LoRA model.
 
-    Every base weight is frozen; LoRA A/B matrices on ``target_modules`` and (when
-    ``train_special_tokens``) the embedding rows of ``special_token_ids`` (default: the config's
-    ``summarize_token_ids + predict_token_ids``) are trainable. Returns a ``peft.PeftModel`` whose
+    ``lora_options`` are those of :func:`lora_config` (``r``, ``alpha``, ``dropout``, ``target_modules``,
+    ``train_special_tokens``, ``special_token_ids``). Every base weight is frozen; LoRA A/B matrices on
+    ``target_modules`` and (when ``train_special_tokens``) the embedding rows of ``special_token_ids`` (default:
+    the config's ``summarize_token_ids + predict_token_ids``) are trainable. Returns a ``peft.PeftModel`` whose
     ``forward`` is the LLaRA model's forward.
     """
     from peft import get_peft_model
 
-    config = lora_config(
-        model,
-        r=r,
-        alpha=alpha,
-        dropout=dropout,
-        target_modules=target_modules,
-        train_special_tokens=train_special_tokens,
-        special_token_ids=special_token_ids,
-    )
+    config = lora_config(model, **lora_options)
     peft_model = _quiet_peft_call(get_peft_model, model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", r, alpha, list(target_modules),
-                trainable, total)
+    logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", config.r, config.lora_alpha,
+                sorted(config.target_modules), trainable, total)
     return peft_model
 
 

@@ -306,23 +306,14 @@ class ModelEvaluation:
         }
 
 
-def evaluate_model(
-    model_name: str,
-    dataset: BeirDataset,
-    *,
-    top_k: int = 1000,
-    batch_size: int = 32,
-    device: str | None = None,
-    dtype: str = "auto",
-    spec: IndexSpec | None = None,
-    show_progress: bool = False,
-) -> ModelEvaluation:
-    """Rank ``dataset`` with one model or ``bm25`` and score the run."""
+def evaluate_model(model_name: str, dataset: BeirDataset, *, top_k: int = 1000, **ranking: Any) -> ModelEvaluation:
+    """Rank ``dataset`` with one model or ``bm25`` and score the run.
+
+    ``ranking``: the keyword options of :func:`rank_collection` (``batch_size``, ``device``, ``dtype``, ``spec``,
+    ``show_progress``).
+    """
     started = time.perf_counter()
-    hits = rank_collection(
-        model_name, dataset, top_k=top_k, batch_size=batch_size, device=device, dtype=dtype, spec=spec,
-        show_progress=show_progress,
-    )
+    hits = rank_collection(model_name, dataset, top_k=top_k, **ranking)
     run = hits_to_run(hits)
     return ModelEvaluation(
         model=model_name,
