@@ -84,7 +84,7 @@ def test_holm_adjustment():
 
 
 def test_quick_and_budget_labels():
-    args = pc.resolve(pc.make_parser().parse_args(["--budget-scale", "5"]))
+    args = pc.resolve(pc.make_parser().parse_args(["--budget-scale", "5", "--pretrain-steps", "40"]))
     assert args.budget_label == "budget5x" and args.pretrain_steps_run == 200 and args.seeds == [0, 1, 2]
     quick = pc.resolve(pc.make_parser().parse_args(["--quick"]))
     assert quick.budget_label == "quick" and quick.seeds == [0] and quick.paper_lrs == [5e-5]
