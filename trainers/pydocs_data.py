@@ -15,14 +15,13 @@ This is a library module: it never prints and never parses argv.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from trainers.debian_data import TestCollection, make_splits, write_beir
+from trainers.io import iter_jsonl
 
 ENV_VAR = "LLARA_PYDOCS_DATA"
 DEFAULT_SNAPSHOT = Path(__file__).resolve().parent.parent / "data" / "pydocs" / "docstrings.jsonl.gz"
@@ -61,29 +60,19 @@ def load_docstrings(path: str | os.PathLike | None = None) -> list[dict]:
     if not p.is_file():
         origin = f" (from ${ENV_VAR})" if path is None and os.environ.get(ENV_VAR) else ""
         raise FileNotFoundError(f"pydocs snapshot not found: {p}{origin}; {REBUILD_HINT}")
-    opener = gzip.open if p.name.endswith(".gz") else open
     records: list[dict] = []
     seen: set[str] = set()
     try:
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-                for key in FIELDS:
-                    if not isinstance(rec.get(key), str) or not rec[key].strip():
-                        raise ValueError(f"{p}:{lineno}: field {key!r} missing or not a non-empty string")
-                if rec["id"] in seen:
-                    raise ValueError(f"{p}:{lineno}: duplicate id {rec['id']!r}")
-                if _norm(rec["query"]) in _norm(rec["document"]):
-                    raise ValueError(f"{p}:{lineno}: the query of {rec['id']!r} occurs verbatim in its document")
-                seen.add(rec["id"])
-                records.append({key: rec[key] for key in FIELDS})
+        for lineno, rec in iter_jsonl(p, error=ValueError):
+            for key in FIELDS:
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise ValueError(f"{p}:{lineno}: field {key!r} missing or not a non-empty string")
+            if rec["id"] in seen:
+                raise ValueError(f"{p}:{lineno}: duplicate id {rec['id']!r}")
+            if _norm(rec["query"]) in _norm(rec["document"]):
+                raise ValueError(f"{p}:{lineno}: the query of {rec['id']!r} occurs verbatim in its document")
+            seen.add(rec["id"])
+            records.append({key: rec[key] for key in FIELDS})
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise ValueError(f"{p}: cannot read pydocs snapshot ({exc}); {REBUILD_HINT}") from exc
     if not records:
