@@ -58,8 +58,20 @@ def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
 
 
 def comparison_table(path: Path) -> str:
-    """A table written by ``benchmarks/paper_comparison.py`` (its markdown file, next to its JSON)."""
-    return path.read_text(encoding="utf-8").strip()
+    """A table written by ``benchmarks/paper_comparison.py`` (its markdown file, next to its JSON).
+
+    Its headings are nested under the README's own: the title becomes a bold line, the per-domain ``###``
+    headings become ``####``.
+    """
+    lines = path.read_text(encoding="utf-8").strip().split("\n")
+    out = []
+    for line in lines:
+        if line.startswith("## "):
+            line = f"**{line[3:]}**"
+        elif line.startswith("### "):
+            line = "#" + line
+        out.append(line)
+    return "\n".join(out)
 
 
 def tables() -> dict[str, str]:

@@ -26,3 +26,12 @@ def test_render_replaces_only_marked_blocks():
     text = "a\n<!-- BEGIN x -->\nold\n<!-- END x -->\nb\n<!-- BEGIN y -->\n<!-- END y -->\n"
     out = tables.render(text, {"x": "new", "y": "filled"})
     assert out == "a\n<!-- BEGIN x -->\nnew\n<!-- END x -->\nb\n<!-- BEGIN y -->\nfilled\n<!-- END y -->\n"
+
+
+def test_comparison_tables_nest_under_the_readme_headings(tmp_path):
+    tables = _tables_module()
+    path = tmp_path / "paper_comparison.md"
+    path.write_text("## LLaRA paper comparison, budget1x\n\n### Held-out Debian\n\n| a | b |\n|---|---|\n| ## | 1 |\n")
+    assert tables.comparison_table(path).split("\n") == [
+        "**LLaRA paper comparison, budget1x**", "", "#### Held-out Debian", "", "| a | b |", "|---|---|", "| ## | 1 |",
+    ]
