@@ -98,3 +98,47 @@ def test_variant_labels_are_unique():
     keys = [v.key for v in pc.build_variants(args)]
     assert len(keys) == len(set(keys))
     assert {"b-paper-lr1e-05", "b-paper-lr5e-05", "b-paper-lr2e-04", "b-keepstop", "b-lm", "d-lm"} <= set(keys)
+
+
+def _fake_runs(args, variants, reference_models, n_queries=12):
+    """Results in the layout main() collects: per variant a score level, per query a small seeded jitter."""
+    rng = np.random.default_rng(0)
+    level = {v.key: 0.1 + 0.8 * i / len(variants) for i, v in enumerate(variants)}
+    runs = {d: {} for d in pc.DOMAINS}
+    for domain in pc.DOMAINS:
+        for v in variants:
+            for seed in ([None] if v.key in reference_models else args.seeds):
+                scores = np.clip(level[v.key] + rng.normal(0, 0.01, n_queries), 0, 1)
+                per_query = {f"q{i}": {"ndcg@10": float(x)} for i, x in enumerate(scores)}
+                metrics = {m: float(scores.mean()) for m in pc.METRICS}
+                runs[domain][f"{v.key}|{seed}"] = {"metrics": metrics, "per_query": per_query}
+    return runs
+
+
+def test_summary_reports_every_ablation_comparison_and_the_grid():
+    args = pc.resolve(pc.make_parser().parse_args(["--preprocessing-ablation", "--permutations", "200"]))
+    variants = pc.build_variants(args)
+    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
+    report = pc.summarize(args, variants, _fake_runs(args, variants, reference_models), reference_models)
+    for domain in pc.DOMAINS:
+        tests = report["tests"][domain]
+        assert [(t["x"], t["y"]) for t in tests["primary"]] == list(pc.PRIMARY)
+        assert all("p_holm" in t for t in tests["primary"])
+        pairs = [(t["x"], t["y"]) for t in tests["secondary"]]
+        assert pairs[:len(pc.SECONDARY)] == list(pc.SECONDARY)
+        best = report["paper_lr_grid"][domain]["best"]
+        assert pairs[len(pc.SECONDARY):] == [(best, "a"), ("b", best)]
+        rows = report["summary"][domain]
+        assert rows["a"]["runs"] == 1 and rows["a"]["formatted"]["ndcg@10"].endswith("n/a")
+        assert rows["ebae+lm"]["runs"] == 3 and len(rows["ebae+lm"]["per_seed_ndcg@10"]) == 3
+        assert best == max((k for k in rows if k.startswith("b-paper")), key=lambda k: rows[k]["ndcg@10"])
+    assert "EBAE + LM vs (b-lm) LM term only" in report["markdown"]
+
+
+def test_summary_without_ablations_compares_the_main_variants_only():
+    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--permutations", "200"]))
+    variants = pc.build_variants(args)
+    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
+    report = pc.summarize(args, variants, _fake_runs(args, variants, reference_models), reference_models)
+    assert all(report["tests"][d]["secondary"] == [] for d in pc.DOMAINS)
+    assert report["paper_lr_grid"] == {}
