@@ -42,7 +42,8 @@ demo: install
 	$(VENV)/bin/llara demo --out $(OUT)/demo
 
 bench-compare: install
-	$(PY) benchmarks/paper_comparison.py --out $(OUT)/paper_comparison
+	$(PY) benchmarks/paper_comparison.py --out $(OUT)/paper_comparison --pydocs-queries 150 --pydocs-corpus 600 \
+		--preprocessing-ablation
 
 test: install
 	$(PY) -m pytest
