@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _shown(path: str) -> str:
-    """A path as the result file keeps it: relative to the repository when inside it, so results are portable."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beir", required=True, help="BEIR-layout test collection")
@@ -34,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bf16_retrieval_quality.json"))
     args = parser.parse_args(argv)
 
-    from trainers.io import atomic_write_json
+    from trainers.io import atomic_write_json, path_for_record
     from trainers.retrieval.beir import load_beir
     from trainers.retrieval.evaluation import evaluate_model
 
     dataset = load_beir(args.beir, split="test")
     rows = []
     for model in args.model:
-        row = {"model": _shown(model)}
+        row = {"model": path_for_record(model, ROOT)}
         for dtype in ("float32", "bfloat16"):
             started = time.perf_counter()
             result = evaluate_model(model, dataset, top_k=args.top_k, batch_size=args.batch_size, dtype=dtype)
@@ -52,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: nDCG@10 fp32 {row['float32']['metrics']['ndcg@10']:.4f}, bf16 "
               f"{row['bfloat16']['metrics']['ndcg@10']:.4f} (diff {row['ndcg@10_bf16_minus_fp32']:+.4f}); "
               f"ranking time {row['float32']['seconds']:.0f} s vs {row['bfloat16']['seconds']:.0f} s", flush=True)
-    atomic_write_json(args.out, {"beir": _shown(args.beir), "queries": len(dataset.eval_queries),
+    atomic_write_json(args.out, {"beir": path_for_record(args.beir, ROOT), "queries": len(dataset.eval_queries),
                                  "documents": len(dataset.corpus), "top_k": args.top_k, "rows": rows,
                                  "target_abs_ndcg@10_diff": 0.005})
     print(f"saved {args.out}")

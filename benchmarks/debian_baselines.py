@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import platform
 import sys
 import tempfile
@@ -38,7 +37,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from trainers import debian_data  # noqa: E402
-from trainers.io import atomic_write_json  # noqa: E402
+from trainers.io import atomic_write_json, path_for_record  # noqa: E402
 from trainers.retrieval.beir import load_beir  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "debian_baselines.json"
@@ -187,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(results))
     payload = {
         "collection": {"n_queries": len(queries), "n_corpus": len(corpus), "seed": args.seed,
-                       "snapshot": os.path.relpath(snapshot, REPO) if snapshot.is_relative_to(REPO) else str(snapshot),
+                       "snapshot": path_for_record(snapshot, REPO),
                        "snapshot_sha256": hashlib.sha256(snapshot.read_bytes()).hexdigest(),
                        "n_pairs": len(pairs)},
         "metrics_definition": {"nDCG@10": "pytrec_eval ndcg_cut_10 on top-100 run",

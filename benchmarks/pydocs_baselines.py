@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -38,7 +37,7 @@ if str(REPO) not in sys.path:
 from trainers import pydocs_data  # noqa: E402
 from trainers.retrieval.beir import load_beir  # noqa: E402
 from trainers.retrieval.evaluation import evaluate_model, format_table  # noqa: E402
-from trainers.io import atomic_write_text  # noqa: E402
+from trainers.io import atomic_write_text, path_for_record  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "pydocs_baselines.json"
 TOP_K = 100
@@ -99,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     payload = {
         "collection": {"n_queries": args.n_queries, "n_corpus": args.n_corpus, "seed": args.seed,
-                       "snapshot": os.path.relpath(snapshot, REPO) if snapshot.is_relative_to(REPO) else str(snapshot),
+                       "snapshot": path_for_record(snapshot, REPO),
                        "snapshot_sha256": hashlib.sha256(snapshot.read_bytes()).hexdigest(),
                        "n_records": n_records, "top_k": TOP_K},
         "variants": {"signature": "qualified name and signature line, blank line, docstring body",

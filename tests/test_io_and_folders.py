@@ -12,6 +12,7 @@ from trainers.io import (
     atomic_write_json,
     atomic_write_text,
     iter_jsonl,
+    path_for_record,
     staged_dir,
     write_jsonl,
 )
@@ -147,3 +148,11 @@ def test_last_complete_checkpoint_skips_checkpoints_cut_short(tmp_path):
         resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(str(tmp_path / "checkpoint-10"), tmp_path)
+
+
+def test_path_for_record_is_relative_inside_the_root_and_absolute_outside(tmp_path):
+    root = tmp_path / "repo"
+    (root / "outputs" / "m").mkdir(parents=True)
+    assert path_for_record(root / "outputs" / "m", root) == "outputs/m"
+    assert path_for_record(root / "outputs" / ".." / "outputs" / "m", root) == "outputs/m"
+    assert path_for_record(tmp_path / "elsewhere", root) == str((tmp_path / "elsewhere").resolve())

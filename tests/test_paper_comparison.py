@@ -115,11 +115,15 @@ def _fake_runs(args, variants, reference_models, n_queries=12):
     return runs
 
 
-def test_summary_reports_every_ablation_comparison_and_the_grid():
-    args = pc.resolve(pc.make_parser().parse_args(["--preprocessing-ablation", "--permutations", "200"]))
+def _fake_summary(*argv: str) -> dict:
+    args = pc.resolve(pc.make_parser().parse_args([*argv, "--permutations", "200"]))
     variants = pc.build_variants(args)
     reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
-    report = pc.summarize(args, variants, _fake_runs(args, variants, reference_models), reference_models)
+    return pc.summarize(args, variants, _fake_runs(args, variants, reference_models), reference_models)
+
+
+def test_summary_reports_every_ablation_comparison_and_the_grid():
+    report = _fake_summary("--preprocessing-ablation")
     for domain in pc.DOMAINS:
         tests = report["tests"][domain]
         assert [(t["x"], t["y"]) for t in tests["primary"]] == list(pc.PRIMARY)
@@ -136,9 +140,6 @@ def test_summary_reports_every_ablation_comparison_and_the_grid():
 
 
 def test_summary_without_ablations_compares_the_main_variants_only():
-    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--permutations", "200"]))
-    variants = pc.build_variants(args)
-    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
-    report = pc.summarize(args, variants, _fake_runs(args, variants, reference_models), reference_models)
+    report = _fake_summary("--no-ablations")
     assert all(report["tests"][d]["secondary"] == [] for d in pc.DOMAINS)
     assert report["paper_lr_grid"] == {}

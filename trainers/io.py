@@ -36,6 +36,12 @@ class JsonlFormatError(ValueError):
 # Atomic writes
 
 
+def path_for_record(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """``path`` as a result file records it: relative to ``root`` when inside it, else absolute (portable records)."""
+    resolved, root = Path(path).resolve(), Path(root).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory entry (a rename inside it) to disk, where the filesystem allows it."""
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
