@@ -5,9 +5,10 @@
 * ``stage2``: a contrastive step: ``LlaraModel`` embeds ``--batch`` queries and ``--batch`` passages (one
   positive each, in-batch negatives), scored as stage 2 scores them (InfoNCE over fp32 cosine, temperature 0.01);
 * ``stage2_lora``: the same step on the model stage 2 trains by default: LoRA (r=64, alpha 16, dropout 0.1 on
-  the seven projections, as released; the 16 special-token rows trainable). ``autocast_dropout0`` is a
-  diagnostic row, the same LoRA step without its dropout: on CPU the dropout masks (``bernoulli_``, one per
-  adapted projection and forward) cost the same time in every precision, which dilutes the bf16 gain.
+  the seven projections, as released; the 16 special-token rows trainable), with the package's CPU dropout
+  masks (``trainers.lora.LoraDropout``). Diagnostic rows: ``fp32_torch_dropout`` / ``autocast_torch_dropout``
+  use torch's ``nn.Dropout`` (``bernoulli_``, one generator call per element, the same cost in every precision;
+  the package's LoRA step before ``LoraDropout``) and ``autocast_dropout0`` has no dropout at all (the floor the masks are measured against).
 
 Precisions, interleaved step by step so machine noise hits all: ``fp32``; ``autocast`` (fp32 weights,
 ``torch.autocast(dtype=bfloat16)`` around forward + loss, as ``--bf16`` training); ``bf16_weights`` (the
@@ -35,7 +36,7 @@ RESULTS = REPO / "benchmarks" / "results" / "train_precision.json"
 STAGE_PRECISIONS = {
     "stage1": ("fp32", "autocast", "bf16_weights"),
     "stage2": ("fp32", "autocast", "bf16_weights"),
-    "stage2_lora": ("fp32", "autocast", "autocast_dropout0"),
+    "stage2_lora": ("fp32", "autocast", "fp32_torch_dropout", "autocast_torch_dropout", "autocast_dropout0"),
 }
 STAGES = tuple(STAGE_PRECISIONS)
 
@@ -90,14 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     models["stage2"]["autocast"] = embedder
     from trainers.lora import apply_lora
 
-    def lora_embedder(dropout: float):
+    def lora_embedder(dropout: float, torch_dropout: bool = False):
         model = LlaraModel(pretrain.config)
         model.load_state_dict(embedder.state_dict())
-        torch.manual_seed(0)  # the same adapters in both models
-        return apply_lora(model, dropout=dropout).train()
+        torch.manual_seed(0)  # the same adapters in every model
+        model = apply_lora(model, dropout=dropout).train()
+        if torch_dropout:  # back to torch's own dropout module
+            for module in model.modules():
+                if hasattr(module, "lora_A"):
+                    for name in list(module.lora_dropout):
+                        module.lora_dropout[name] = torch.nn.Dropout(dropout)
+        return model
 
     lora = lora_embedder(0.1)
-    models["stage2_lora"] = {"fp32": lora, "autocast": lora, "autocast_dropout0": lora_embedder(0.0)}
+    torch_dropout = lora_embedder(0.1, torch_dropout=True)
+    models["stage2_lora"] = {"fp32": lora, "autocast": lora, "fp32_torch_dropout": torch_dropout,
+                             "autocast_torch_dropout": torch_dropout, "autocast_dropout0": lora_embedder(0.0)}
 
     def step(stage: str, precision: str) -> float:
         model = models[stage][precision]

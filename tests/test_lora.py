@@ -178,3 +178,75 @@ def test_merge_with_tied_lm_head_keeps_the_tie(tmp_path):
         hidden2 = merged.model(input_ids=ids).last_hidden_state
     assert torch.allclose(hidden, hidden2, atol=1e-5)
     assert torch.allclose(logits, merged.lm_head(hidden2), atol=1e-4)
+
+
+# ---- CPU dropout masks ---------------------------------------------------------------------------------
+def test_fast_dropout_masks_have_the_dropout_distribution():
+    from trainers.lora import dropout_keep_mask
+
+    n, p = 1 << 22, 0.1
+    keep = dropout_keep_mask((n,), p, generator=torch.Generator().manual_seed(0))
+    assert keep.dtype == torch.bool and keep.shape == (n,)
+    drop_p = round(p * 65536) / 65536
+    sigma = (drop_p * (1 - drop_p) / n) ** 0.5
+    assert abs((~keep).float().mean().item() - drop_p) < 5 * sigma
+    # the four 16-bit lanes of one 64-bit word are each Bernoulli(p) and independent of each other
+    lanes = (~keep).view(-1, 4).float()
+    lane_sigma = (drop_p * (1 - drop_p) / lanes.shape[0]) ** 0.5
+    for lane in range(4):
+        assert abs(lanes[:, lane].mean().item() - drop_p) < 5 * lane_sigma
+    both = (lanes[:, 0] * lanes[:, 1]).mean().item()
+    assert abs(both - drop_p**2) < 5 * (drop_p**2 * (1 - drop_p**2) / lanes.shape[0]) ** 0.5
+    # consecutive draws differ; the same seed gives the same mask; odd sizes are fine
+    again = dropout_keep_mask((n,), p, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(keep, again)
+    other = dropout_keep_mask((n,), p, generator=torch.Generator().manual_seed(1))
+    assert (keep != other).float().mean().item() > 0.1
+    assert dropout_keep_mask((3, 5, 7), 0.5).shape == (3, 5, 7)
+    assert dropout_keep_mask((1000,), 0.0).all()
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout_keep_mask((4,), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_module_computes_torch_dropout_for_its_mask(dtype):
+    from trainers.lora import LoraDropout, dropout_keep_mask
+
+    p = 0.25
+    x = torch.randn(6, 10, 16).to(dtype).requires_grad_(True)
+    layer = LoraDropout(p).train()
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    keep = dropout_keep_mask(x.shape, p)
+    noise = keep.to(dtype).div_(1 - p)  # torch's dropout: input * (mask / (1 - p)) in the input's dtype
+    assert out.dtype == dtype
+    assert torch.equal(out, x.detach() * noise)
+    out.sum().backward()
+    assert torch.equal(x.grad, noise)
+    assert torch.equal(layer.eval()(x), x)  # eval: identity, as nn.Dropout
+    assert isinstance(layer, torch.nn.Dropout) and layer.p == p
+
+
+def test_apply_lora_uses_the_fast_dropout_and_seeds_it(tiny_llara_dir):
+    from modeling_llara import LlaraInputBuilder, LlaraModel
+    from trainers.lora import LoraDropout
+
+    model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, alpha=8, dropout=0.1)
+    plain = [d for m in model.modules() if hasattr(m, "lora_A") for d in m.lora_dropout.values() if type(d) is torch.nn.Dropout]
+    assert not plain  # no torch dropout left behind in an adapted layer
+    fast = [m for m in model.modules() if isinstance(m, LoraDropout)]
+    adapted = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert len(fast) == len(adapted) > 0
+    _perturb(model)  # lora_B starts at zero: make the adapters (and so the dropout) matter
+    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), model.config)
+    batch = builder(["debian kernel image for arm64", "a console font"], task="document")
+    model.train()
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(model(**batch).pooler_output.detach())
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])
+    no_dropout = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, alpha=8, dropout=0.0)
+    assert not any(isinstance(m, LoraDropout) for m in no_dropout.modules())

@@ -10,6 +10,13 @@ LM head to the input embeddings (SmolLM2), peft ties the trainable rows of both.
 
 :func:`merge_lora` folds adapters and token deltas back into the weights and returns the plain
 ``LlaraModel`` / ``LlaraForPretraining``, which ``trainers.convert.save_llara`` writes as a full model.
+
+Dropout masks on CPU (our own implementation choice, the same distribution): torch's CPU ``bernoulli_`` draws one
+Mersenne-Twister number per element, and the released dropout (0.1 on the input of every adapted projection)
+then costs more than the adapters' matmuls in bf16. :class:`LoraDropout` draws one 64-bit word per four
+elements and keeps an element when its 16-bit lane is at or above ``round(p * 65536)``: the drop probability is
+``round(p * 65536) / 65536`` (0.100006 for 0.1), masks stay seeded by torch's generator, and scaling, eval
+behaviour and gradients are those of ``nn.Dropout``. On other devices it is ``nn.Dropout`` unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +34,51 @@ DEFAULT_LORA_R = 64
 DEFAULT_LORA_ALPHA = 16
 DEFAULT_LORA_DROPOUT = 0.1
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+_LANES = 4  # 16-bit lanes per 64-bit random word
+
+
+def dropout_keep_mask(shape, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A CPU boolean mask of ``shape``: each element kept with probability ``1 - round(p * 65536) / 65536``.
+
+    One 64-bit word from torch's generator gives four independent uniform 16-bit lanes (a quarter of the
+    generator calls of ``bernoulli_``).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    shape = tuple(shape)
+    n = 1
+    for size in shape:
+        n *= int(size)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + _LANES - 1) // _LANES,), dtype=torch.int64, generator=generator)
+    lanes = words.view(torch.int16)[:n].view(shape)  # each lane uniform over [-32768, 32767]
+    return lanes >= round(p * 65536) - 32768
+
+
+class LoraDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose CPU masks come from :func:`dropout_keep_mask` (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        # as torch's dropout: noise = mask / (1 - p) in the input's dtype, output = input * noise
+        noise = dropout_keep_mask(x.shape, self.p).to(x.dtype).div_(1.0 - self.p)
+        return x * noise
+
+
+def use_fast_dropout(peft_model) -> int:
+    """Replace every plain ``nn.Dropout`` of the LoRA layers by :class:`LoraDropout`; returns how many."""
+    replaced = 0
+    for module in peft_model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for name, dropout in list(dropouts.items()):
+            if type(dropout) is torch.nn.Dropout:
+                dropouts[name] = LoraDropout(dropout.p)
+                replaced += 1
+    return replaced
 
 
 def _special_token_ids(model) -> list[int]:
@@ -111,6 +163,7 @@ def apply_lora(model, **lora_options):
 
     config = lora_config(model, **lora_options)
     peft_model = _quiet_peft_call(get_peft_model, model, config)
+    use_fast_dropout(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", config.r, config.lora_alpha,
@@ -130,7 +183,9 @@ def load_lora(model, adapter_dir, is_trainable: bool = False):
     """Attach a saved adapter (a peft ``save_pretrained`` folder or Trainer checkpoint) to ``model``."""
     from peft import PeftModel
 
-    return _quiet_peft_call(PeftModel.from_pretrained, model, str(adapter_dir), is_trainable=is_trainable)
+    peft_model = _quiet_peft_call(PeftModel.from_pretrained, model, str(adapter_dir), is_trainable=is_trainable)
+    use_fast_dropout(peft_model)
+    return peft_model
 
 
 def merge_lora(peft_model):
@@ -151,9 +206,12 @@ __all__ = [
     "DEFAULT_LORA_DROPOUT",
     "DEFAULT_LORA_R",
     "DEFAULT_TARGET_MODULES",
+    "LoraDropout",
     "apply_lora",
+    "dropout_keep_mask",
     "load_lora",
     "lora_config",
     "merge_lora",
     "require_adapter_dir",
+    "use_fast_dropout",
 ]
