@@ -64,12 +64,15 @@ def cpu_supports_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
-def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = None) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = None, config=None
+) -> torch.dtype:
     """The compute dtype for inference on ``device``: ``float32``, ``bfloat16`` or ``auto``.
 
-    ``auto`` (or ``None``) takes ``$LLARA_DTYPE`` when set, else bf16 where the hardware runs it natively
-    (a CUDA device that supports it, a CPU with AMX-BF16 or AVX512-BF16) and fp32 everywhere else.
-    The choice ``auto`` makes is logged once per device type. Pooling, mean and L2 norm stay fp32 either way.
+    ``auto`` (or ``None``) takes ``$LLARA_DTYPE`` when set, else fp32 when the model's ``config`` (a
+    ``LlaraConfig`` or its ``config.json`` dict) sets ``auto_dtype="float32"`` (stage-1 exports), else bf16 where the hardware runs it natively (a CUDA device that supports
+    it, a CPU with AMX-BF16 or AVX512-BF16) and fp32 everywhere else. The choice ``auto`` makes is logged once
+    per device type. Pooling, mean and L2 norm stay fp32 either way.
     """
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
@@ -86,6 +89,8 @@ def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | torch.
         if override not in _DTYPE_NAMES:
             raise ValueError(f"${DTYPE_ENV}={override!r} is not one of {', '.join(DTYPE_CHOICES)}")
         chosen, reason = _DTYPE_NAMES[override], f"${DTYPE_ENV}"
+    elif (config.get("auto_dtype") if isinstance(config, dict) else getattr(config, "auto_dtype", None)) == "float32":
+        chosen, reason = torch.float32, "the model's config sets auto_dtype='float32'"
     elif device_type == "cuda":
         fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         chosen, reason = (torch.bfloat16 if fast else torch.float32), f"CUDA bf16 support: {fast}"

@@ -173,12 +173,12 @@ class LlaraSentenceEncoder(InputModule):
         return self.builder(texts, task=task, max_text_tokens=budget)
 
     def apply_auto_dtype(self) -> None:
-        """Cast the model to ``resolve_dtype("auto")`` for the device it is on (once; no-op if a dtype was given)."""
+        """Cast the model to ``resolve_dtype("auto")`` (for its device and config) (once; no-op if a dtype was given)."""
         if not self.auto_dtype:
             return
         self.auto_dtype = False
         device = next(self.auto_model.parameters()).device
-        target = resolve_dtype("auto", device)
+        target = resolve_dtype("auto", device, config=self.auto_model.config)
         if target != self.auto_model.dtype:
             # Outside inference mode, so the cast weights stay ordinary tensors usable by autograd later.
             with torch.inference_mode(False), torch.no_grad():

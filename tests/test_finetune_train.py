@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import random
 
 import pytest
@@ -47,7 +48,11 @@ def test_cli_with_recipe_trains_and_writes_a_loadable_model(tiny_llara_dir, trai
         "max_steps: 2\nlogging_steps: 1\nuse_cpu: true\ngradcache_chunk_size: 5\nsave_strategy: 'no'\n"
     )
     out = tmp_path / "run"
-    code = main(["--config", str(recipe), "--model_name_or_path", str(tiny_llara_dir), "--train_data", str(train_jsonl),
+    start = tmp_path / "stage1"  # a stage-1 export: `auto` pinned to fp32
+    shutil.copytree(tiny_llara_dir, start)
+    config = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**config, "auto_dtype": "float32"}))
+    code = main(["--config", str(recipe), "--model_name_or_path", str(start), "--train_data", str(train_jsonl),
                  "--output_dir", str(out), "--learning_rate", "0.01"])
     assert code == 0
     summary = json.loads((out / "finetune_summary.json").read_text())
@@ -56,6 +61,7 @@ def test_cli_with_recipe_trains_and_writes_a_loadable_model(tiny_llara_dir, trai
     assert "skipped (no positive): 1" in summary["data_summary"]
     model = AutoModel.from_pretrained(out / "final", trust_remote_code=True)
     assert type(model).__name__ == "LlaraModel"
+    assert model.config.auto_dtype == "auto"  # fine-tuned: bf16 where the hardware runs it
     base, tuned = _safetensors(tiny_llara_dir), _safetensors(out / "final")
     changed = [k for k in tuned if not torch.equal(base[k], tuned[k])]
     assert any("q_proj" in k for k in changed) and any("embed_tokens" in k for k in changed)

@@ -165,6 +165,39 @@ def test_auto_dtype_uses_the_cpu_flags_inside_the_module(tiny_llara_dir, tmp_pat
         assert out.dtype == torch.float32
 
 
+def test_a_config_pinned_to_fp32_keeps_auto_in_fp32(tiny_llara_dir, tmp_path, monkeypatch, no_dtype_env):
+    import json
+    import shutil
+
+    from modeling_llara import LlaraConfig
+    from trainers.retrieval.encoding import load_encoder
+
+    _fake_cpu(monkeypatch, tmp_path, AMX_FLAGS)
+    pinned = tmp_path / "stage1"
+    shutil.copytree(tiny_llara_dir, pinned)
+    config = json.loads((pinned / "config.json").read_text())
+    (pinned / "config.json").write_text(json.dumps({**config, "auto_dtype": "float32"}))
+    assert LlaraConfig.from_pretrained(tiny_llara_dir).auto_dtype == "auto"
+    pinned_config = LlaraConfig.from_pretrained(pinned)
+    # resolve_dtype: the config decides `auto`; an explicit dtype and $LLARA_DTYPE still win
+    assert resolve_dtype("auto", "cpu", config=pinned_config) == torch.float32
+    assert resolve_dtype("auto", "cpu", config={"auto_dtype": "float32"}) == torch.float32
+    assert resolve_dtype("auto", "cpu", config=LlaraConfig.from_pretrained(tiny_llara_dir)) == torch.bfloat16
+    assert resolve_dtype("bfloat16", "cpu", config=pinned_config) == torch.bfloat16
+    monkeypatch.setenv(modeling.DTYPE_ENV, "bfloat16")
+    assert resolve_dtype("auto", "cpu", config=pinned_config) == torch.bfloat16
+    monkeypatch.delenv(modeling.DTYPE_ENV)
+    # the sentence-transformers module and the CLI loader follow it
+    for folder, expected in ((pinned, torch.float32), (tiny_llara_dir, torch.bfloat16)):
+        module = LlaraSentenceEncoder(str(folder))
+        with torch.inference_mode():
+            module(module.preprocess(TEXTS[:2], task="document"))
+        assert module.auto_model.dtype == expected
+        assert load_encoder(str(folder), device="cpu")[0].auto_model.dtype == expected
+    with pytest.raises(ValueError, match="auto_dtype must be one of"):
+        LlaraConfig(auto_dtype="float16")
+
+
 def test_training_never_switches_the_dtype(tiny_llara_dir, monkeypatch):
     monkeypatch.setenv(modeling.DTYPE_ENV, "bfloat16")
     module = LlaraSentenceEncoder(str(tiny_llara_dir))

@@ -180,6 +180,7 @@ def test_lora_recipe_trains_special_rows_and_exports_a_loadable_model(tiny_llara
     before = load_file(Path(tiny_llara_dir) / "model.safetensors")
     after = load_file(final / "model.safetensors")
     config = LlaraConfig.from_pretrained(final)
+    assert config.auto_dtype == "float32"  # a stage-1 export pins `auto` inference to fp32
     special = torch.tensor(config.summarize_token_ids + config.predict_token_ids)
     emb = "model.embed_tokens.weight"
     other = torch.ones(before[emb].shape[0], dtype=torch.bool)

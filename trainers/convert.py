@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from modeling_llara import AUTO_MAP, LlaraConfig, LlaraForPretraining, LlaraModel
+from modeling_llara.configuration_llara import AUTO_DTYPE_CHOICES
 from modeling_llara.sentence_llara import write_sentence_transformers_files
 from trainers.io import staged_dir
 
@@ -208,11 +209,20 @@ def _clean_tokenizer_config(path: Path, config: LlaraConfig) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
 
 
-def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a complete LLaRA folder atomically: a temp folder renamed into place when complete."""
+def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False, auto_dtype: str | None = None) -> Path:
+    """Write a complete LLaRA folder atomically: a temp folder renamed into place when complete.
+
+    ``auto_dtype`` (``"auto"`` or ``"float32"``), when given, is written to the config: what an ``auto``
+    compute dtype means for the exported model (stage-1 exports pin fp32, fine-tuned exports leave it to the
+    hardware; see ``LlaraConfig``).
+    """
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if auto_dtype is not None:
+        if auto_dtype not in AUTO_DTYPE_CHOICES:
+            raise ValueError(f"auto_dtype must be one of {AUTO_DTYPE_CHOICES}, got {auto_dtype!r}")
+        model.config.auto_dtype = auto_dtype
     with staged_dir(out, overwrite=overwrite, mode=0o755) as tmp:  # a model folder is meant to be shared
         model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp, safe_serialization=True)

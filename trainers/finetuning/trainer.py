@@ -335,7 +335,7 @@ def export_finetuned(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     if hasattr(model, "merge_and_unload"):
         model = merge_lora(model)
     model.eval()
-    return save_llara(model, tokenizer, out_dir, overwrite=True)
+    return save_llara(model, tokenizer, out_dir, overwrite=True, auto_dtype="auto")  # bf16 holds after fine-tuning
 
 
 __all__ = [

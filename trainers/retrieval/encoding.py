@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trainers.io import atomic_save_npy, atomic_write_json
-from trainers.model_folders import is_llara_folder
+from trainers.model_folders import is_llara_folder, read_model_config
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -53,7 +53,8 @@ def load_encoder(name_or_path: str, *, device: str | None = None, dtype: str = "
     target = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_kwargs = None
     if trust or dtype != "auto":
-        model_kwargs = {"dtype": resolve_dtype(dtype, target)}
+        config = read_model_config(path) if trust else None  # a stage-1 export pins `auto` to fp32
+        model_kwargs = {"dtype": resolve_dtype(dtype, target, config=config)}
     return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=trust, model_kwargs=model_kwargs)
 
 
