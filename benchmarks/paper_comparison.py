@@ -138,6 +138,9 @@ def lr_tag(lr: float) -> str:
     return f"{lr:.0e}".replace("+", "")
 
 
+RUN_FIRST = {"b": 0, "c": 1, "d": 2}  # execution order inside a seed; the report keeps build_variants' order
+
+
 def build_variants(args) -> list[Variant]:
     v = [
         Variant("bm25", "BM25", "reference"),
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return mined[seed]
 
     def model_path(key: str, seed: int) -> Path:
-        return init if key == "a" else work / "models" / f"seed{seed}" / key
+        # no "+" in folder names: transformers warns when it loads remote code from such a folder
+        return init if key == "a" else work / "models" / f"seed{seed}" / key.replace("+", "_")
 
     def run_variant(v: Variant, seed: int) -> None:
         cfg = seed_cfgs[seed]
@@ -341,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = [v for v in variants if v.stage != "reference"]
     for group in ("main", "ablation", "paper-grid", "preprocessing"):
         for seed in args.seeds:
-            for v in (v for v in trained if v.group == group):
+            # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
+            for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
                 run_variant(v, seed)
 
     report = summarize(args, variants, runs, reference_models)

@@ -6,7 +6,7 @@ rendered from one JSON file under ``benchmarks/results/``::
     python benchmarks/readme_tables.py            # rewrite the tables in README.md
     python benchmarks/readme_tables.py --check    # exit 1 if a table differs from its result file
 
-``make run`` copies its ``outputs/pipeline/results.json`` to ``benchmarks/results/pipeline_main_job.json``
+``benchmarks/results/pipeline_main_job.json`` is a committed copy of a ``make run``'s ``outputs/pipeline/results.json``
 (the ``main-job`` table); ``benchmarks/paper_comparison.py`` writes the files of the comparison tables.
 """
 

@@ -242,7 +242,7 @@ def _copy_trainer_state(run_dir: Path, out: Path) -> None:
 
 def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str, dataset_name: str = "debian-descriptions") -> dict:
     """nDCG@10, MRR@10, Recall@100, MAP on the test collection; cached as results/<label>.json."""
-    from trainers.io import atomic_write_json
+    from trainers.io import atomic_write_json, path_for_record
     from trainers.retrieval.beir import load_beir
     from trainers.retrieval.evaluation import evaluate_model
 
@@ -255,7 +255,7 @@ def evaluate(cfg: PipelineConfig, model: str, beir_dir: Path, label: str, datase
                                 show_progress=True)
     record = {
         "label": label,
-        "model": str(model),
+        "model": path_for_record(model, Path.cwd()) if Path(str(model)).exists() else str(model),
         "dataset": dataset_name,
         "split": "test",
         "seconds": round(time.perf_counter() - started, 1),
