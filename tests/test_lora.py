@@ -250,3 +250,28 @@ def test_apply_lora_uses_the_fast_dropout_and_seeds_it(tiny_llara_dir):
     assert not torch.allclose(runs[0], runs[2])
     no_dropout = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, alpha=8, dropout=0.0)
     assert not any(isinstance(m, LoraDropout) for m in no_dropout.modules())
+
+
+def test_fast_dropout_masks_replay_under_activation_checkpointing(tiny_llara_dir):
+    # Checkpointed blocks rerun their forward in backward: torch restores the CPU generator for the rerun, so the
+    # masks must come from that generator for the gradients to equal the plain run's.
+    from modeling_llara import LlaraInputBuilder, LlaraModel
+
+    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), LlaraModel.from_pretrained(tiny_llara_dir).config)
+    batch = builder(["debian kernel image for arm64", "a console font", "python test runner"], task="document")
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, alpha=8, dropout=0.3)
+        _perturb(model)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        direction = torch.randn(model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(1)
+        (model(**batch).pooler_output @ direction).sum().backward()  # not a norm: pooled vectors are unit length
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(g.abs().max() > 0 for g in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
