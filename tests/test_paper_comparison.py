@@ -143,3 +143,27 @@ def test_summary_without_ablations_compares_the_main_variants_only():
     report = _fake_summary("--no-ablations")
     assert all(report["tests"][d]["secondary"] == [] for d in pc.DOMAINS)
     assert report["paper_lr_grid"] == {}
+
+
+def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
+    # --report-only on a run cut after (b), (c) and (d): the LM-only control and its fine-tuning have no results
+    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "--permutations", "200"]))
+    variants = pc.build_variants(args)
+    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
+    runs = _fake_runs(args, variants, reference_models)
+    for domain in pc.DOMAINS:
+        for key in ("b-lm", "d-lm"):
+            del runs[domain][f"{key}|0"]
+    report = pc.summarize(args, variants, runs, reference_models)
+    for domain in pc.DOMAINS:
+        tests = report["tests"][domain]
+        assert [(t["x"], t["y"]) for t in tests["primary"]] == [("b", "a"), ("d", "c")]
+        assert tests["primary_missing"] == ["b vs b-lm", "d vs d-lm"]
+        # Holm over the two that ran
+        assert [t["p_holm"] for t in tests["primary"]] == pc.holm([t["p_value"] for t in tests["primary"]])
+        assert "b-lm" not in report["summary"][domain] and report["summary"][domain]["d"]["runs"] == 1
+    assert "Not available yet (a variant has no results): b vs b-lm, d vs d-lm" in report["markdown"]
+    assert "p (Holm, 2 primary)" in report["markdown"]
+    full = _fake_summary("--no-ablations")
+    assert all(full["tests"][d]["primary_missing"] == [] for d in pc.DOMAINS)
+    assert "Not available yet" not in full["markdown"] and "p (Holm, 4 primary)" in full["markdown"]
