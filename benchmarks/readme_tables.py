@@ -78,6 +78,9 @@ def tables() -> dict[str, str]:
     out = {"main-job": main_job_table()}
     for path in sorted(RESULTS.glob("paper_comparison*/paper_comparison*.md")):
         out[f"{path.parent.name}/{path.stem}"] = comparison_table(path)
+    budgets = RESULTS / "paper_comparison_budgets.md"  # a copy of the comparison's <out>/budgets.md
+    if budgets.is_file():
+        out[budgets.stem] = comparison_table(budgets)
     return out
 
 
