@@ -173,7 +173,7 @@ class LlaraSentenceEncoder(InputModule):
         return self.builder(texts, task=task, max_text_tokens=budget)
 
     def apply_auto_dtype(self) -> None:
-        """Cast the model to ``resolve_dtype("auto")`` (for its device and config) (once; no-op if a dtype was given)."""
+        """Cast the model to ``resolve_dtype("auto")`` for its device and config (once; no-op if a dtype was given)."""
         if not self.auto_dtype:
             return
         self.auto_dtype = False

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from modeling_llara import AUTO_MAP, LlaraConfig, LlaraForPretraining, LlaraModel
-from modeling_llara.configuration_llara import AUTO_DTYPE_CHOICES
 from modeling_llara.sentence_llara import write_sentence_transformers_files
 from trainers.io import staged_dir
 
@@ -220,9 +219,8 @@ def save_llara(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = F
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     if auto_dtype is not None:
-        if auto_dtype not in AUTO_DTYPE_CHOICES:
-            raise ValueError(f"auto_dtype must be one of {AUTO_DTYPE_CHOICES}, got {auto_dtype!r}")
         model.config.auto_dtype = auto_dtype
+        model.config.validate_llara()  # the config's own check names a bad value
     with staged_dir(out, overwrite=overwrite, mode=0o755) as tmp:  # a model folder is meant to be shared
         model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp, safe_serialization=True)

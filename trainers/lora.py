@@ -22,6 +22,7 @@ behaviour and gradients are those of ``nn.Dropout``. On other devices it is ``nn
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -48,9 +49,7 @@ def dropout_keep_mask(shape, p: float, generator: torch.Generator | None = None)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     shape = tuple(shape)
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     words = torch.randint(-(2**63), 2**63 - 1, ((n + _LANES - 1) // _LANES,), dtype=torch.int64, generator=generator)
     lanes = words.view(torch.int16)[:n].view(shape)  # each lane uniform over [-32768, 32767]
     return lanes >= round(p * 65536) - 32768
