@@ -136,7 +136,7 @@ def run_minilm(corpus: dict[str, str], queries: dict[str, str], batch_size: int)
     except ImportError:
         run = topk_run(q_emb @ d_emb.T, qids, dids, TOP_K)
         search = "numpy exact inner product"
-    info = {"model_path": model_path, "max_seq_length": model.max_seq_length, "search": search,
+    info = {"model_path": path_for_record(model_path, REPO), "max_seq_length": model.max_seq_length, "search": search,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "doc_encode_seconds": round(t_docs, 2), "seconds": round(time.perf_counter() - t0, 2)}
     return run, info

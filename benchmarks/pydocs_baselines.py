@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluation = evaluate_model(model_names[system], dataset, top_k=TOP_K, batch_size=args.batch_size,
                                         device="cpu")
             name = f"{labels[system]} / {variant}"
-            results[name] = {"system": labels[system], "variant": variant, **evaluation.to_dict()}
+            record = evaluation.to_dict()
+            if system != "bm25":  # the model folder, repository-relative when it lies inside the checkout
+                record["model"] = path_for_record(model_names[system], REPO)
+            results[name] = {"system": labels[system], "variant": variant, **record}
             rows.append((name, evaluation.result.metrics))
             print(f"{name}: done in {evaluation.seconds:.1f}s")
 
