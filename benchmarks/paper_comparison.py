@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -204,6 +205,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-models", action="store_true",
                         help="keep every trained model; by default a model nothing else starts from is deleted "
                              "once its results exist on both domains (each is ~0.5 GB)")
+    parser.add_argument("--tag", default=None,
+                        help="suffix of the work folder (<out>/budget<K>x-<tag>/): a second set of runs at the same "
+                             "budget, e.g. a rerun on newer code next to the first; data and reference results stay shared")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the report and budgets.md from the results already in the folder "
                              "(a run still in progress, or one that was cut); comparisons with a variant that has "
@@ -231,6 +235,10 @@ def resolve(args) -> argparse.Namespace:
         args.budget_label = "quick"
     else:
         args.budget_label = f"budget{args.budget_scale:g}x"
+    if args.tag is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.]+", args.tag):
+            raise SystemExit(f"--tag may hold letters, digits, '_' and '.' only (it names a folder), got {args.tag!r}")
+        args.budget_label += f"-{args.tag}"
     args.pretrain_steps_run = max(1, round(args.pretrain_steps * args.budget_scale))
     args.finetune_steps_run = max(1, round(args.finetune_steps * args.budget_scale))
     return args

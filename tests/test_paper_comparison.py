@@ -91,6 +91,10 @@ def test_quick_and_budget_labels():
     assert quick.pretrain_steps_run == pc.QUICK["pretrain_steps"]
     with pytest.raises(SystemExit):
         pc.resolve(pc.make_parser().parse_args(["--seeds", "1", "1"]))
+    tagged = pc.resolve(pc.make_parser().parse_args(["--tag", "rerun2"]))
+    assert tagged.budget_label == "budget1x-rerun2"
+    with pytest.raises(SystemExit, match="--tag"):
+        pc.resolve(pc.make_parser().parse_args(["--tag", "../x"]))
 
 
 def test_variant_labels_are_unique():
