@@ -26,7 +26,7 @@ four), and whether the sign of each difference holds in every seed.
 Layout under --out (every file written atomically; a finished stage or result is skipped on rerun):
   data/                 Debian split, per-seed mined negatives, data/pydocs/ (shared by all budgets)
   models/init, results/ the untrained model and the reference/init evaluations (budget-independent)
-  <budget>/             models/, results/<variant>-s<seed>-<domain>.json, timings.json,
+  <budget>[-<tag>]/     models/, results/<variant>-s<seed>-<domain>.json, timings.json,
                         paper_comparison.{json,md,png}
   budgets.md            nDCG@10 of every variant under each budget run so far, side by side
 """

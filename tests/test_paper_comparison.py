@@ -171,3 +171,58 @@ def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
     full = _fake_summary("--no-ablations")
     assert all(full["tests"][d]["primary_missing"] == [] for d in pc.DOMAINS)
     assert "Not available yet" not in full["markdown"] and "p (Holm, 4 primary)" in full["markdown"]
+
+
+def _load_compare_reruns():
+    path = _PATH.parent / "compare_reruns.py"
+    spec = importlib.util.spec_from_file_location("compare_reruns", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # finds paper_comparison in sys.modules (loaded above)
+    return module
+
+
+def _write_result(folder: Path, label: str, per_query: dict[str, float]) -> None:
+    import json
+
+    (folder / "results").mkdir(parents=True, exist_ok=True)
+    record = {"metrics": {"ndcg@10": float(np.mean(list(per_query.values())))},
+              "per_query": {q: {"ndcg@10": v} for q, v in per_query.items()}}
+    (folder / "results" / f"{label}.json").write_text(json.dumps(record))
+
+
+def test_compare_reruns_pairs_variants_seed_by_seed(tmp_path):
+    cr = _load_compare_reruns()
+    first, second = tmp_path / "first", tmp_path / "second"
+    queries = [f"q{i}" for i in range(40)]
+    base = {q: (i % 7) / 7 for i, q in enumerate(queries)}
+    _write_result(first, "d-s0-debian", base)
+    _write_result(second, "d-s0-debian", {q: min(1.0, v + 0.1) for q, v in base.items()})  # better on most queries
+    _write_result(first, "c-s0-debian", base)
+    _write_result(second, "c-s0-debian", base)  # reproduced exactly
+    _write_result(first, "c-s1-debian", base)  # only in the first run: left out
+    _write_result(first, "bm25-debian", base)  # a reference, not a trained variant: left out
+    _write_result(second, "bm25-debian", base)
+    report = cr.compare(first, second, permutations=2000)
+    rows = {(r["variant"], r["seed"]): r for r in report["rows"]}
+    assert set(rows) == {("c", 0), ("d", 0)}
+    assert rows[("c", 0)]["identical_per_query"] and rows[("c", 0)]["diff"] == 0.0
+    assert rows[("c", 0)]["p_value"] == 1.0
+    d = rows[("d", 0)]
+    assert not d["identical_per_query"] and d["diff"] > 0.05 and d["p_value"] < 0.01
+    assert d["wins"] == sum(1 for v in base.values() if v < 1.0) and d["losses"] == 0
+    assert "| d | 0 |" in cr.markdown(report) and "(identical)" in cr.markdown(report)
+
+
+def test_compare_reruns_refuses_mismatched_runs(tmp_path):
+    cr = _load_compare_reruns()
+    first, second = tmp_path / "first", tmp_path / "second"
+    _write_result(first, "d-s0-debian", {"q1": 0.5, "q2": 1.0})
+    _write_result(second, "d-s0-debian", {"q1": 0.5, "q3": 1.0})
+    with pytest.raises(SystemExit, match="different queries"):
+        cr.compare(first, second)
+    _write_result(second, "c-s1-debian", {"q1": 0.5})
+    (second / "results" / "d-s0-debian.json").unlink()
+    with pytest.raises(SystemExit, match="share no trained variant"):
+        cr.compare(first, second)
+    with pytest.raises(SystemExit, match="no results/ folder"):
+        cr.compare(tmp_path / "missing", second)
