@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from modeling_llara.sentence_llara import LlaraSentenceEncoder
     from trainers.convert import cached_default_llara
     from trainers.debian_data import load_pairs
-    from trainers.io import atomic_write_json
+    from trainers.io import atomic_write_json, path_for_record
 
     if args.quick:
         args.texts, args.repeats = 32, 2
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return median[b] / median[a] if a in median and b in median else None
 
     result = {
-        "model": str(folder),
+        "model": path_for_record(folder, REPO),
         "texts": len(texts),
         "tokens": tokens,
         "model_gflop": flops / 1e9,

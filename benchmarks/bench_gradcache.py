@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import memprobe  # noqa: E402
 
-from trainers.io import atomic_write_json  # noqa: E402
+from trainers.io import atomic_write_json, path_for_record  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:]))
     plain, cached = rows
     summary = {
-        "model": args.model,
+        "model": path_for_record(args.model, ROOT),
         "rows": rows,
         "memory_ratio_gradcache_over_plain": cached["peak_growth_mb"] / max(plain["peak_growth_mb"], 1e-9),
         "time_ratio_gradcache_over_plain": cached["mean_step_seconds"] / plain["mean_step_seconds"],
