@@ -390,20 +390,27 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
             return {s: r for s in seeds}
         return {s: runs[domain][f"{key}|{s}"] for s in seeds if f"{key}|{s}" in runs[domain]}
 
-    def per_query_mean(domain: str, key: str) -> dict[str, float]:
-        rs = list(results_of(domain, key).values())
+    def shared_seeds(domain: str, x: str, y: str) -> list[int]:
+        """The seeds both variants ran: a paired comparison averages over these only (a cut run may hold more
+        seeds of one variant than of the other)."""
+        rx, ry = results_of(domain, x), results_of(domain, y)
+        return [s for s in seeds if s in rx and s in ry]
+
+    def per_query_mean(domain: str, key: str, over: list[int]) -> dict[str, float]:
+        rs = [results_of(domain, key)[s] for s in over]
         queries = sorted(rs[0]["per_query"])
         return {q: float(np.mean([r["per_query"][q]["ndcg@10"] for r in rs])) for q in queries}
 
     def compare(domain: str, x: str, y: str) -> dict:
-        px, py = per_query_mean(domain, x), per_query_mean(domain, y)
+        over = shared_seeds(domain, x, y)
+        px, py = per_query_mean(domain, x, over), per_query_mean(domain, y, over)
         if sorted(px) != sorted(py):
             raise RuntimeError(f"{x} and {y} were scored on different {domain} queries")
         queries = sorted(px)
         test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
         rx, ry = results_of(domain, x), results_of(domain, y)
-        diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in seeds if s in rx and s in ry}
-        return {"x": x, "y": y, **test, "seed_check": seed_sign_check(diffs)}
+        diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in over}
+        return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs)}
 
     summary, tests, grids, md = {}, {}, {}, []
     titles = {v.key: v.title for v in variants}
@@ -422,10 +429,13 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
                            else {str(s): r["metrics"]["ndcg@10"] for s, r in rs.items()},
                            "formatted": {m: format_mean_std(values[m]) for m in METRICS}}
         summary[domain] = rows
-        primary = [compare(domain, x, y) for x, y in PRIMARY if x in rows and y in rows]
+        def ready(x: str, y: str) -> bool:
+            return x in rows and y in rows and bool(shared_seeds(domain, x, y))
+
+        primary = [compare(domain, x, y) for x, y in PRIMARY if ready(x, y)]
         for t, adj in zip(primary, holm([t["p_value"] for t in primary])):
             t["p_holm"] = adj
-        secondary = [compare(domain, x, y) for x, y in SECONDARY if x in rows and y in rows]
+        secondary = [compare(domain, x, y) for x, y in SECONDARY if ready(x, y)]
         paper = {k: r for k, r in rows.items() if r["group"] == "paper-grid"}
         if paper:
             best = max(paper, key=lambda k: paper[k]["ndcg@10"])
@@ -433,7 +443,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
                              "note": "best chosen on the test queries (optimistic for the paper mode)"}
             secondary.append(compare(domain, best, "a"))
             secondary.append(compare(domain, "b", best))
-        missing = [f"{x} vs {y}" for x, y in PRIMARY if x not in rows or y not in rows]
+        missing = [f"{x} vs {y}" for x, y in PRIMARY if not ready(x, y)]
         tests[domain] = {"primary": primary, "secondary": secondary, "primary_missing": missing}
 
         md += [f"### {DOMAIN_TITLES[domain]}", "",
@@ -452,6 +462,11 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
             holm_p = f"{t['p_holm']:.4f}" if "p_holm" in t else "-"
             md.append(f"| {titles[t['x']]} vs {titles[t['y']]} | {t['mean_diff']:+.4f} | {t['p_value']:.4f} | {holm_p} "
                       f"| {t['wins']} / {t['losses']} | {per_seed} | {sc['verdict']} |")
+        partial = [t for t in primary + secondary if len(t["seeds_compared"]) < len(seeds)]
+        if partial:
+            md += ["", "Compared over the seeds both variants ran (the run is not complete): " + "; ".join(
+                f"{titles[t['x']]} vs {titles[t['y']]}: seed{'s' if len(t['seeds_compared']) > 1 else ''} "
+                + ", ".join(str(s) for s in t["seeds_compared"]) for t in partial)]
         if missing:
             md += ["", "Not available yet (a variant has no results): " + ", ".join(missing)
                    + "; Holm adjusts over the primary comparisons above only."]

@@ -226,3 +226,35 @@ def test_compare_reruns_refuses_mismatched_runs(tmp_path):
         cr.compare(first, second)
     with pytest.raises(SystemExit, match="no results/ folder"):
         cr.compare(tmp_path / "missing", second)
+
+
+def test_a_cut_run_compares_each_pair_over_the_seeds_both_ran():
+    # --report-only on a run cut inside seed 1: (b), (c), (d) have seeds 0 and 1, the LM-only control seed 0 only
+    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "1", "--permutations", "200"]))
+    variants = pc.build_variants(args)
+    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
+    runs = _fake_runs(args, variants, reference_models)
+    for domain in pc.DOMAINS:
+        for key in ("b-lm", "d-lm"):
+            del runs[domain][f"{key}|1"]
+    report = pc.summarize(args, variants, runs, reference_models)
+    # the same comparisons on a report that only ever had seed 0
+    seed0 = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "--permutations", "200"]))
+    only0 = {d: {k: r for k, r in runs[d].items() if not k.endswith("|1")} for d in pc.DOMAINS}
+    report0 = pc.summarize(seed0, variants, only0, reference_models)
+    for domain in pc.DOMAINS:
+        tests = {(t["x"], t["y"]): t for t in report["tests"][domain]["primary"]}
+        tests0 = {(t["x"], t["y"]): t for t in report0["tests"][domain]["primary"]}
+        assert report["tests"][domain]["primary_missing"] == []
+        assert tests[("d", "c")]["seeds_compared"] == [0, 1] and tests[("b", "a")]["seeds_compared"] == [0, 1]
+        for pair in (("b", "b-lm"), ("d", "d-lm")):
+            assert tests[pair]["seeds_compared"] == [0]
+            # (b) seed 1 takes no part: mean difference and p equal those of the seed-0 report
+            assert tests[pair]["mean_diff"] == pytest.approx(tests0[pair]["mean_diff"], abs=1e-12)
+            assert tests[pair]["p_value"] == tests0[pair]["p_value"]
+        # a pair with both seeds differs from its seed-0 value (seed 1 is averaged in)
+        assert tests[("d", "c")]["mean_diff"] != pytest.approx(tests0[("d", "c")]["mean_diff"], abs=1e-9)
+        assert report["summary"][domain]["b"]["runs"] == 2 and report["summary"][domain]["b-lm"]["runs"] == 1
+    assert ("Compared over the seeds both variants ran (the run is not complete): (b) EBAE+EBAR (reference) vs "
+            "(b-lm) LM term only: seed 0; (d) ft from (b) vs (d-lm) ft from (b-lm): seed 0") in report["markdown"]
+    assert "Compared over the seeds" not in report0["markdown"]
