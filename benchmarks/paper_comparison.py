@@ -15,6 +15,8 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
   (d-lm)     the same fine-tuning from (b-lm)
   references BM25 (bm25s) and all-MiniLM-L6-v2
   --preprocessing-ablation adds (b) trained with stopwords kept in the EBAE/EBAR targets
+  --paper-finetune adds (d-paper): the same fine-tuning from a ``paper``-mode stage 1 (our addition: does the
+             zero-shot advantage of the ``paper`` loss carry through fine-tuning?), compared with (d) and (c)
 
 Seeds (--seeds) drive data order, LoRA init and hard-negative sampling; the data split is fixed by
 --data-seed. Every model is scored on the held-out Debian test queries and, zero-shot, on a second
@@ -56,7 +58,7 @@ PRIMARY = (("b", "a"), ("b", "b-lm"), ("d", "c"), ("d", "d-lm"))
 # Reported without multiplicity adjustment, each when both of its variants ran: what each bag-of-words target adds
 # to the LM term, whether the two together beat each alone, what the LM term adds to each, and the stopwords.
 SECONDARY = (("ebae+lm", "b-lm"), ("ebar+lm", "b-lm"), ("b", "ebae+lm"), ("b", "ebar+lm"),
-             ("ebae+lm", "ebae"), ("ebar+lm", "ebar"), ("b", "b-keepstop"))
+             ("ebae+lm", "ebae"), ("ebar+lm", "ebar"), ("b", "b-keepstop"), ("d-paper", "d"), ("d-paper", "c"))
 QUICK = {"pretrain_steps": 2, "finetune_steps": 2, "test_queries": 8, "test_corpus": 32, "pydocs_queries": 8,
          "pydocs_corpus": 32, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000}
 
@@ -131,7 +133,7 @@ class Variant:
     stage: str  # "reference" (no training), "pretrain" or "finetune"
     base: str | None = None  # key of the model it starts from
     overrides: dict = field(default_factory=dict)
-    group: str = "main"  # main | ablation | paper-grid | preprocessing
+    group: str = "main"  # main | ablation | paper-grid | preprocessing | paper-ft
     keep_model: bool = False  # a base of another variant: never deleted
 
 
@@ -166,6 +168,16 @@ def build_variants(args) -> list[Variant]:
     if args.preprocessing_ablation:
         v.append(Variant("b-keepstop", "(b) stopwords kept in targets", "pretrain", "a",
                          {"remove_stopwords": False}, "preprocessing"))
+    if args.paper_finetune:
+        lr = args.pretrain_lr if args.paper_finetune_lr is None else args.paper_finetune_lr
+        # the grid's model at this lr when the grid runs (the same training), else one of its own
+        base = next((x for x in v if x.group == "paper-grid" and math.isclose(x.overrides["learning_rate"], lr)), None)
+        if base is None:
+            base = Variant(f"b-paper-lr{lr_tag(lr)}", f"(b-paper) lr {lr:g}", "pretrain", "a",
+                           {"loss_mode": "paper", "learning_rate": lr}, "paper-ft")
+            v.append(base)
+        base.keep_model = True
+        v.append(Variant("d-paper", f"(d-paper) ft from (b-paper) lr {lr:g}", "finetune", base.key, group="paper-ft"))
     return v
 
 
@@ -200,6 +212,11 @@ def make_parser() -> argparse.ArgumentParser:
                         help="skip the EBAE-only/EBAR-only ablations and the paper-mode learning-rate grid")
     parser.add_argument("--preprocessing-ablation", action="store_true",
                         help="add (b) trained with stopwords kept in the EBAE/EBAR targets (remove_stopwords=False)")
+    parser.add_argument("--paper-finetune", action="store_true",
+                        help="add (d-paper): the stage-2 fine-tuning of (c)/(d) from a `paper`-mode stage 1 (EBAE + "
+                             "EBAR, no LM term), compared with (d) and (c)")
+    parser.add_argument("--paper-finetune-lr", type=float, default=None,
+                        help="stage-1 learning rate of (d-paper)'s base (default: --pretrain-lr, the lr of (b))")
     parser.add_argument("--permutations", type=int, default=10000,
                         help="sign flips of each paired permutation test (default: %(default)s)")
     parser.add_argument("--keep-models", action="store_true",
@@ -360,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 if results_exist(seed_cfgs[seed], v.key, seed):
                     evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed)  # cached: read only
-    for group in ("main", "ablation", "paper-grid", "preprocessing") if not args.report_only else ():
+    for group in ("main", "ablation", "paper-grid", "preprocessing", "paper-ft") if not args.report_only else ():
         for seed in args.seeds:
             # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
             for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):

@@ -133,9 +133,10 @@ def test_summary_reports_every_ablation_comparison_and_the_grid():
         assert [(t["x"], t["y"]) for t in tests["primary"]] == list(pc.PRIMARY)
         assert all("p_holm" in t for t in tests["primary"])
         pairs = [(t["x"], t["y"]) for t in tests["secondary"]]
-        assert pairs[:len(pc.SECONDARY)] == list(pc.SECONDARY)
+        ablation_pairs = [pair for pair in pc.SECONDARY if "d-paper" not in pair]  # (d-paper) needs --paper-finetune
+        assert pairs[:len(ablation_pairs)] == ablation_pairs
         best = report["paper_lr_grid"][domain]["best"]
-        assert pairs[len(pc.SECONDARY):] == [(best, "a"), ("b", best)]
+        assert pairs[len(ablation_pairs):] == [(best, "a"), ("b", best)]
         rows = report["summary"][domain]
         assert rows["a"]["runs"] == 1 and rows["a"]["formatted"]["ndcg@10"].endswith("n/a")
         assert rows["ebae+lm"]["runs"] == 3 and len(rows["ebae+lm"]["per_seed_ndcg@10"]) == 3
@@ -258,3 +259,31 @@ def test_a_cut_run_compares_each_pair_over_the_seeds_both_ran():
     assert ("Compared over the seeds both variants ran (the run is not complete): (b) EBAE+EBAR (reference) vs "
             "(b-lm) LM term only: seed 0; (d) ft from (b) vs (d-lm) ft from (b-lm): seed 0") in report["markdown"]
     assert "Compared over the seeds" not in report0["markdown"]
+
+
+def test_paper_finetune_variant_reuses_the_grid_model_or_trains_its_own():
+    with_grid = pc.build_variants(pc.resolve(pc.make_parser().parse_args(["--paper-finetune"])))
+    by_key = {v.key: v for v in with_grid}
+    assert by_key["d-paper"].stage == "finetune" and by_key["d-paper"].base == "b-paper-lr5e-05"
+    assert by_key["b-paper-lr5e-05"].group == "paper-grid" and by_key["b-paper-lr5e-05"].keep_model
+    assert [v.key for v in with_grid].count("b-paper-lr5e-05") == 1
+    assert not by_key["b-paper-lr1e-05"].keep_model  # only (d-paper)'s base is kept
+    alone = pc.build_variants(pc.resolve(pc.make_parser().parse_args(
+        ["--paper-finetune", "--no-ablations", "--paper-finetune-lr", "2e-4"])))
+    by_key = {v.key: v for v in alone}
+    base = by_key[by_key["d-paper"].base]
+    assert base.key == "b-paper-lr2e-04" and base.group == "paper-ft" and base.keep_model
+    assert base.overrides == {"loss_mode": "paper", "learning_rate": 2e-4}
+    keys = [v.key for v in alone]
+    assert keys.index(base.key) < keys.index("d-paper")  # the base trains first inside its group
+    assert "d-paper" not in {v.key for v in pc.build_variants(pc.resolve(pc.make_parser().parse_args([])))}
+
+
+def test_summary_compares_the_paper_finetune_with_d_and_c():
+    report = _fake_summary("--no-ablations", "--paper-finetune")
+    for domain in pc.DOMAINS:
+        pairs = [(t["x"], t["y"]) for t in report["tests"][domain]["secondary"]]
+        assert pairs == [("d-paper", "d"), ("d-paper", "c")]
+        assert report["paper_lr_grid"] == {}  # its stage-1 model is not a grid point without the grid
+        assert report["summary"][domain]["d-paper"]["runs"] == 3
+    assert "(d-paper) ft from (b-paper) lr 5e-05 vs (d) ft from (b)" in report["markdown"]
