@@ -407,25 +407,24 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
             return {s: r for s in seeds}
         return {s: runs[domain][f"{key}|{s}"] for s in seeds if f"{key}|{s}" in runs[domain]}
 
-    def shared_seeds(domain: str, x: str, y: str) -> list[int]:
+    def shared_seeds(rx: dict, ry: dict) -> list[int]:
         """The seeds both variants ran: a paired comparison averages over these only (a cut run may hold more
         seeds of one variant than of the other)."""
-        rx, ry = results_of(domain, x), results_of(domain, y)
         return [s for s in seeds if s in rx and s in ry]
 
-    def per_query_mean(domain: str, key: str, over: list[int]) -> dict[str, float]:
-        rs = [results_of(domain, key)[s] for s in over]
+    def per_query_mean(results: dict, over: list[int]) -> dict[str, float]:
+        rs = [results[s] for s in over]
         queries = sorted(rs[0]["per_query"])
         return {q: float(np.mean([r["per_query"][q]["ndcg@10"] for r in rs])) for q in queries}
 
     def compare(domain: str, x: str, y: str) -> dict:
-        over = shared_seeds(domain, x, y)
-        px, py = per_query_mean(domain, x, over), per_query_mean(domain, y, over)
+        rx, ry = results_of(domain, x), results_of(domain, y)
+        over = shared_seeds(rx, ry)
+        px, py = per_query_mean(rx, over), per_query_mean(ry, over)
         if sorted(px) != sorted(py):
             raise RuntimeError(f"{x} and {y} were scored on different {domain} queries")
         queries = sorted(px)
         test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
-        rx, ry = results_of(domain, x), results_of(domain, y)
         diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in over}
         return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs)}
 
@@ -447,7 +446,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
                            "formatted": {m: format_mean_std(values[m]) for m in METRICS}}
         summary[domain] = rows
         def ready(x: str, y: str) -> bool:
-            return x in rows and y in rows and bool(shared_seeds(domain, x, y))
+            return x in rows and y in rows and bool(shared_seeds(results_of(domain, x), results_of(domain, y)))
 
         primary = [compare(domain, x, y) for x, y in PRIMARY if ready(x, y)]
         for t, adj in zip(primary, holm([t["p_value"] for t in primary])):

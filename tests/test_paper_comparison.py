@@ -150,15 +150,21 @@ def test_summary_without_ablations_compares_the_main_variants_only():
     assert report["paper_lr_grid"] == {}
 
 
-def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
-    # --report-only on a run cut after (b), (c) and (d): the LM-only control and its fine-tuning have no results
-    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "--permutations", "200"]))
+def _cut_run(seeds: list[str], cut_seed: int):
+    """A --no-ablations run cut before (b-lm) and (d-lm) of ``cut_seed``: (args, variants, runs, reference_models)."""
+    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", *seeds, "--permutations", "200"]))
     variants = pc.build_variants(args)
     reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
     runs = _fake_runs(args, variants, reference_models)
     for domain in pc.DOMAINS:
         for key in ("b-lm", "d-lm"):
-            del runs[domain][f"{key}|0"]
+            del runs[domain][f"{key}|{cut_seed}"]
+    return args, variants, runs, reference_models
+
+
+def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
+    # --report-only on a run cut after (b), (c) and (d): the LM-only control and its fine-tuning have no results
+    args, variants, runs, reference_models = _cut_run(["0"], cut_seed=0)
     report = pc.summarize(args, variants, runs, reference_models)
     for domain in pc.DOMAINS:
         tests = report["tests"][domain]
@@ -231,13 +237,7 @@ def test_compare_reruns_refuses_mismatched_runs(tmp_path):
 
 def test_a_cut_run_compares_each_pair_over_the_seeds_both_ran():
     # --report-only on a run cut inside seed 1: (b), (c), (d) have seeds 0 and 1, the LM-only control seed 0 only
-    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "1", "--permutations", "200"]))
-    variants = pc.build_variants(args)
-    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
-    runs = _fake_runs(args, variants, reference_models)
-    for domain in pc.DOMAINS:
-        for key in ("b-lm", "d-lm"):
-            del runs[domain][f"{key}|1"]
+    args, variants, runs, reference_models = _cut_run(["0", "1"], cut_seed=1)
     report = pc.summarize(args, variants, runs, reference_models)
     # the same comparisons on a report that only ever had seed 0
     seed0 = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "--permutations", "200"]))
