@@ -213,6 +213,9 @@ def _sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     dtype = query.dtype
+    if not (torch.is_grad_enabled() and query.device.type == "cpu" and dtype == torch.bfloat16):
+        # not training in bf16 on CPU (the name can outlive a checkpointed forward, see below): plain sdpa
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast(device_type=query.device.type, enabled=False):
@@ -231,14 +234,18 @@ def cpu_bf16_training_attention(backbone: nn.Module) -> Iterator[None]:
     bf16 = weight.dtype == torch.bfloat16 or (
         torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )
-    if not (torch.is_grad_enabled() and weight.device.type == "cpu" and bf16 and config._attn_implementation == "sdpa"):
+    if not (torch.is_grad_enabled() and weight.device.type == "cpu" and bf16
+            and config._attn_implementation in ("sdpa", _CPU_BF16_TRAINING_ATTENTION)):
         yield
         return
     config._attn_implementation = _CPU_BF16_TRAINING_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        # Activation checkpointing reruns the blocks' forward during backward, after this context has closed: the
+        # rerun must pick the same attention, so the name stays (and falls back to plain sdpa outside training).
+        if not getattr(backbone, "is_activation_checkpointing", False):
+            config._attn_implementation = "sdpa"
 
 
 class LlaraModel(LlaraPreTrainedModel):
@@ -556,6 +563,8 @@ class LlaraForPretraining(LlaraPreTrainedModel):
         if attention_mask is not None and not torch.equal(attention_mask.bool(), segment_ids != SEGMENT_PAD):
             raise ValueError("attention_mask disagrees with segment_ids: padding must be segment 0 exactly")
         implementation = self.model.config._attn_implementation or "eager"
+        if implementation == _CPU_BF16_TRAINING_ATTENTION:  # left by a checkpointed bf16 step: sdpa underneath
+            implementation = "sdpa"
         if implementation not in _DUAL_MASK_ATTENTION:
             raise ValueError(
                 f"the one-pass EBAE/EBAR input needs a custom 4D mask, which {implementation!r} cannot take: "

@@ -258,3 +258,40 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out()
     assert calls == []
+
+
+@pytest.mark.parametrize("model_class", ["LlaraModel", "LlaraForPretraining"])
+def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_attention(tiny_llara_dir, model_class):
+    # Checkpointed blocks rerun their forward in backward, after the model's forward has returned: the rerun must
+    # take the same (fp32) attention path, or torch refuses the recomputed tensors (their dtype differs).
+    from trainers.pretraining import PretrainingCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
+    texts = ["apt kernel driver python library", "font icon", "server client daemon tool shell audio"]
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = getattr(modeling, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        direction = torch.randn(model.config.get_text_config().hidden_size, generator=torch.Generator().manual_seed(1))
+        if model_class == "LlaraModel":
+            batch = LlaraInputBuilder(tokenizer, model.config)(texts, task="document")
+            out = lambda: model(**batch).pooler_output.float()  # noqa: E731
+        else:
+            batch = PretrainingCollator(tokenizer, model.config, max_length=200)([{"input": t, "next": None} for t in texts])
+            keys = ("input_ids", "attention_mask", "segment_ids")
+            out = lambda: model(**{k: batch[k] for k in keys}).summarize_embeds.float()  # noqa: E731
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            before = out()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (out() @ direction).sum()
+        loss.backward()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            after = out()  # inference after a checkpointed step: plain bf16 sdpa again
+        assert torch.equal(before, after)
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_plain, plain), (loss_ckpt, ckpt) = results
+    assert loss_ckpt == loss_plain and plain.keys() == ckpt.keys() and plain
+    for name in plain:
+        assert torch.equal(ckpt[name], plain[name]), name
