@@ -8,7 +8,9 @@
   the seven projections, as released; the 16 special-token rows trainable), with the package's CPU dropout
   masks (``trainers.lora.LoraDropout``). Diagnostic rows: ``fp32_torch_dropout`` / ``autocast_torch_dropout``
   use torch's ``nn.Dropout`` (``bernoulli_``, one generator call per element, the same cost in every precision;
-  the package's LoRA step before ``LoraDropout``) and ``autocast_dropout0`` has no dropout at all (the floor the masks are measured against).
+  the package's LoRA step before ``LoraDropout``), ``autocast_dropout0`` has no dropout at all (the floor the masks are measured against)
+  and ``autocast_plain_casts`` leaves the casts to autocast (frozen weights recast every forward, one input cast per
+  projection: the package's LoRA step before ``trainers.lora.use_bf16_cast_cache``).
 
 Precisions, interleaved step by step so machine noise hits all: ``fp32``; ``autocast`` (fp32 weights,
 ``torch.autocast(dtype=bfloat16)`` around forward + loss, as ``--bf16`` training); ``bf16_weights`` (the
@@ -36,7 +38,8 @@ RESULTS = REPO / "benchmarks" / "results" / "train_precision.json"
 STAGE_PRECISIONS = {
     "stage1": ("fp32", "autocast", "bf16_weights"),
     "stage2": ("fp32", "autocast", "bf16_weights"),
-    "stage2_lora": ("fp32", "autocast", "fp32_torch_dropout", "autocast_torch_dropout", "autocast_dropout0"),
+    "stage2_lora": ("fp32", "autocast", "fp32_torch_dropout", "autocast_torch_dropout", "autocast_dropout0",
+                    "autocast_plain_casts"),
 }
 STAGES = tuple(STAGE_PRECISIONS)
 
@@ -89,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     models["stage2"]["bf16_weights"] = embedder_bf16
     models["stage1"]["autocast"] = pretrain
     models["stage2"]["autocast"] = embedder
-    from trainers.lora import apply_lora
+    from trainers.lora import apply_lora, drop_bf16_cast_cache
 
-    def lora_embedder(dropout: float, torch_dropout: bool = False):
+    def lora_embedder(dropout: float, torch_dropout: bool = False, cast_cache: bool = True):
         model = LlaraModel(pretrain.config)
         model.load_state_dict(embedder.state_dict())
         torch.manual_seed(0)  # the same adapters in every model
         model = apply_lora(model, dropout=dropout).train()
+        if not cast_cache:  # autocast's own casts: the frozen weights recast every forward
+            drop_bf16_cast_cache(model)
         if torch_dropout:  # back to torch's own dropout module
             for module in model.modules():
                 if hasattr(module, "lora_A"):
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     lora = lora_embedder(0.1)
     torch_dropout = lora_embedder(0.1, torch_dropout=True)
     models["stage2_lora"] = {"fp32": lora, "autocast": lora, "fp32_torch_dropout": torch_dropout,
-                             "autocast_torch_dropout": torch_dropout, "autocast_dropout0": lora_embedder(0.0)}
+                             "autocast_torch_dropout": torch_dropout, "autocast_dropout0": lora_embedder(0.0),
+                             "autocast_plain_casts": lora_embedder(0.1, cast_cache=False)}
 
     def step(stage: str, precision: str) -> float:
         model = models[stage][precision]

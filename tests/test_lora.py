@@ -275,3 +275,79 @@ def test_fast_dropout_masks_replay_under_activation_checkpointing(tiny_llara_dir
     assert all(g.abs().max() > 0 for g in grads[0].values())
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _lora_pair(tiny_llara_dir, dropout=0.1):
+    """Two equal LoRA models (perturbed alike): one with the bf16 cast cache, one with plain autocast casts."""
+    from modeling_llara import LlaraModel
+    from trainers.lora import drop_bf16_cast_cache
+
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4, alpha=8, dropout=dropout)
+        _perturb(model)
+        models.append(model.train())
+    drop_bf16_cast_cache(models[1])
+    return models
+
+
+def _bf16_step(model, batch, checkpointing=False):
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    direction = torch.randn(model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch).pooler_output
+    (out @ direction).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return out.detach(), grads
+
+
+def _cached_weights(model):
+    return [m for m in model.modules() if "_llara_bf16_weight" in m.__dict__]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_bf16_cast_cache_gives_bit_identical_autocast_steps(tiny_llara_dir, checkpointing):
+    from modeling_llara import LlaraInputBuilder
+
+    cached, plain = _lora_pair(tiny_llara_dir)
+    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), cached.config)
+    batch = builder(["debian kernel image for arm64", "a console font", "python test runner"], task="document")
+    out, grads = _bf16_step(cached, batch, checkpointing)
+    ref_out, ref_grads = _bf16_step(plain, batch, checkpointing)
+    adapted = [m for m in cached.modules() if hasattr(m, "lora_A")]
+    assert len(_cached_weights(cached)) == len(adapted) > 0  # the cache was used ...
+    assert not _cached_weights(plain)  # ... and the reference ran autocast's own casts
+    assert out.dtype == torch.float32 and torch.equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys() and all(g.abs().max() > 0 for g in grads.values())
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name
+    # a second step reuses the cached weights and still matches
+    assert torch.equal(_bf16_step(cached, batch)[0], _bf16_step(plain, batch)[0])
+
+
+def test_bf16_cast_cache_follows_weight_changes_and_stays_out_of_fp32_and_merges(tiny_llara_dir):
+    from modeling_llara import LlaraInputBuilder
+
+    cached, plain = _lora_pair(tiny_llara_dir, dropout=0.0)
+    builder = LlaraInputBuilder(_tokenizer(tiny_llara_dir), cached.config)
+    batch = builder(["debian kernel image for arm64", "a console font"], task="document")
+    cached.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(cached(**batch).pooler_output, plain(**batch).pooler_output)  # fp32: nn.Linear's path
+        assert not _cached_weights(cached)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            before = cached(**batch).pooler_output
+            assert torch.equal(before, plain(**batch).pooler_output)
+            for model in (cached, plain):  # an in-place change of a frozen base weight
+                model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.mul_(1.5)
+            after = cached(**batch).pooler_output
+            assert not torch.equal(after, before) and torch.equal(after, plain(**batch).pooler_output)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(cached(**batch).pooler_output, plain(**batch).pooler_output)
+    merged = merge_lora(cached)
+    assert not _cached_weights(merged)
+    assert not any(isinstance(m.__dict__.get("forward"), type(merged.forward)) for m in merged.modules())

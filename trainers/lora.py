@@ -17,13 +17,22 @@ then costs more than the adapters' matmuls in bf16. :class:`LoraDropout` draws o
 elements and keeps an element when its 16-bit lane is at or above ``round(p * 65536)``: the drop probability is
 ``round(p * 65536) / 65536`` (0.100006 for 0.1), masks stay seeded by torch's generator, and scaling, eval
 behaviour and gradients are those of ``nn.Dropout``. On other devices it is ``nn.Dropout`` unchanged.
+
+bf16 autocast on CPU (an implementation choice with bit-identical results): autocast casts the frozen fp32 base
+weights to bf16 in every forward (it caches only trainable leaves) and casts a shared input once per projection.
+:func:`use_bf16_cast_cache` (applied by :func:`apply_lora` and :func:`load_lora`) gives the adapted base layers a
+bf16 copy of their weight, made once and re-made when the weight changes, and one cast per distinct input; the
+values and gradients are those of plain autocast. The copy costs 2 bytes per frozen parameter; :func:`merge_lora`
+removes it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import types
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -64,6 +73,92 @@ class LoraDropout(torch.nn.Dropout):
         # as torch's dropout: noise = mask / (1 - p) in the input's dtype, output = input * noise
         noise = dropout_keep_mask(x.shape, self.p).to(x.dtype).div_(1.0 - self.p)
         return x * noise
+
+
+# ---- bf16 autocast on CPU: one cast per activation, frozen weights cast once -----------------------------------
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+class _CastAlias(torch.autograd.Function):
+    """An alias of a bf16 cast of ``x`` made earlier; its backward is that of autocast's own cast.
+
+    Each consumer gets its own node, so the gradients reach ``x`` cast to fp32 one by one and are summed in fp32,
+    exactly as when autocast casts ``x`` separately for every consumer.
+    """
+
+    @staticmethod
+    def forward(ctx, x, cast):
+        ctx.dtype = x.dtype
+        return cast.view_as(cast)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
+class _LastCast:
+    """The bf16 cast of the last activation seen (by identity and version): the base layers of q/k/v share
+    their input, as do those of gate/up, so each such input is cast once instead of once per projection."""
+
+    def __init__(self):
+        self._ref = None
+        self._version = -1
+        self._cast = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_inference():  # no version counter to key on
+            return x.to(torch.bfloat16)
+        if self._ref is None or self._ref() is not x or self._version != x._version:
+            with torch.no_grad():
+                cast = x.detach().to(torch.bfloat16)
+            self._ref, self._version, self._cast = weakref.ref(x), x._version, cast
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return self._cast
+        return _CastAlias.apply(x, self._cast)
+
+
+_last_cast = _LastCast()
+
+
+def _bf16_base_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``nn.Linear.forward`` that, under CPU bf16 autocast and with a frozen weight, uses a bf16 copy of the weight
+    made once (re-made when the weight changes) and the shared cast of ``x``: the values autocast would compute."""
+    weight = self.weight
+    if args or kwargs or weight.requires_grad or weight.dtype != torch.float32 or not _cpu_bf16_autocast(x):
+        return torch.nn.Linear.forward(self, x, *args, **kwargs)
+    key = (weight.data_ptr(), weight._version, weight.device)
+    cached = self.__dict__.get("_llara_bf16_weight")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.detach().to(torch.bfloat16))
+        self.__dict__["_llara_bf16_weight"] = cached
+    return torch.nn.functional.linear(_last_cast(x) if x.dtype == torch.float32 else x, cached[1], self.bias)
+
+
+def use_bf16_cast_cache(peft_model) -> int:
+    """Give the base layer of every LoRA-adapted ``nn.Linear`` :func:`_bf16_base_forward`; returns how many.
+
+    Outside CPU bf16 autocast (fp32 training, GPUs, trainable base weights) the layers run ``nn.Linear.forward``.
+    """
+    patched = 0
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if getattr(module, "lora_A", None) is None or type(base) is not torch.nn.Linear:
+            continue
+        base.forward = types.MethodType(_bf16_base_forward, base)
+        patched += 1
+    return patched
+
+
+def drop_bf16_cast_cache(model) -> None:
+    """Undo :func:`use_bf16_cast_cache` on every layer of ``model`` (the merged model is a plain model again)."""
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), types.MethodType) and \
+                module.__dict__["forward"].__func__ is _bf16_base_forward:
+            del module.forward
+        module.__dict__.pop("_llara_bf16_weight", None)
 
 
 def use_fast_dropout(peft_model) -> int:
@@ -163,6 +258,7 @@ def apply_lora(model, **lora_options):
     config = lora_config(model, **lora_options)
     peft_model = _quiet_peft_call(get_peft_model, model, config)
     use_fast_dropout(peft_model)
+    use_bf16_cast_cache(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", config.r, config.lora_alpha,
@@ -184,6 +280,7 @@ def load_lora(model, adapter_dir, is_trainable: bool = False):
 
     peft_model = _quiet_peft_call(PeftModel.from_pretrained, model, str(adapter_dir), is_trainable=is_trainable)
     use_fast_dropout(peft_model)
+    use_bf16_cast_cache(peft_model)
     return peft_model
 
 
@@ -197,6 +294,7 @@ def merge_lora(peft_model):
         raise TypeError(f"expected a peft model, got {type(peft_model).__name__}")
     with torch.no_grad():
         merged = _quiet_peft_call(peft_model.merge_and_unload, progressbar=False, safe_merge=True)
+    drop_bf16_cast_cache(merged)
     return merged
 
 
@@ -207,10 +305,12 @@ __all__ = [
     "DEFAULT_TARGET_MODULES",
     "LoraDropout",
     "apply_lora",
+    "drop_bf16_cast_cache",
     "dropout_keep_mask",
     "load_lora",
     "lora_config",
     "merge_lora",
     "require_adapter_dir",
+    "use_bf16_cast_cache",
     "use_fast_dropout",
 ]
