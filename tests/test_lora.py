@@ -208,11 +208,11 @@ def test_fast_dropout_masks_have_the_dropout_distribution():
         dropout_keep_mask((4,), 1.0)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_dropout_module_computes_torch_dropout_for_its_mask(dtype):
+def test_fast_dropout_module_computes_torch_dropout_for_its_mask(dtype, p):
     from trainers.lora import LoraDropout, dropout_keep_mask
 
-    p = 0.25
     x = torch.randn(6, 10, 16).to(dtype).requires_grad_(True)
     layer = LoraDropout(p).train()
     torch.manual_seed(3)

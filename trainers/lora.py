@@ -49,19 +49,32 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 _LANES = 4  # 16-bit lanes per 64-bit random word
 
 
-def dropout_keep_mask(shape, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A CPU boolean mask of ``shape``: each element kept with probability ``1 - round(p * 65536) / 65536``.
-
-    One 64-bit word from torch's generator gives four independent uniform 16-bit lanes (a quarter of the
-    generator calls of ``bernoulli_``).
-    """
+def _keep_lanes(shape, p: float, generator: torch.Generator | None):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     shape = tuple(shape)
     n = math.prod(shape)
     words = torch.randint(-(2**63), 2**63 - 1, ((n + _LANES - 1) // _LANES,), dtype=torch.int64, generator=generator)
     lanes = words.view(torch.int16)[:n].view(shape)  # each lane uniform over [-32768, 32767]
-    return lanes >= round(p * 65536) - 32768
+    return lanes, round(p * 65536) - 32768  # keep where lane >= threshold
+
+
+def dropout_keep_mask(shape, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A CPU boolean mask of ``shape``: each element kept with probability ``1 - round(p * 65536) / 65536``.
+
+    One 64-bit word from torch's generator gives four independent uniform 16-bit lanes (a quarter of the
+    generator calls of ``bernoulli_``).
+    """
+    lanes, threshold = _keep_lanes(shape, p, generator)
+    return lanes >= threshold
+
+
+def dropout_noise(shape, p: float, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None):
+    """``dropout_keep_mask(shape, p).to(dtype).div_(1 - p)`` with the same generator draws, bit for bit, without
+    the boolean mask: the comparison writes 0/1 in ``dtype`` directly (a CPU bool-to-float cast is slow)."""
+    lanes, threshold = _keep_lanes(shape, p, generator)
+    noise = torch.ge(lanes, threshold, out=torch.empty(lanes.shape, dtype=dtype))
+    return noise.mul_(torch.ones((), dtype=dtype).div_(1.0 - p))  # 1 / (1 - p) rounded as div_ rounds it
 
 
 class LoraDropout(torch.nn.Dropout):
@@ -71,8 +84,7 @@ class LoraDropout(torch.nn.Dropout):
         if not self.training or self.p == 0.0 or x.device.type != "cpu":
             return super().forward(x)
         # as torch's dropout: noise = mask / (1 - p) in the input's dtype, output = input * noise
-        noise = dropout_keep_mask(x.shape, self.p).to(x.dtype).div_(1.0 - self.p)
-        return x * noise
+        return x * dropout_noise(x.shape, self.p, x.dtype)
 
 
 # ---- bf16 autocast on CPU: one cast per activation, frozen weights cast once -----------------------------------
@@ -307,6 +319,7 @@ __all__ = [
     "apply_lora",
     "drop_bf16_cast_cache",
     "dropout_keep_mask",
+    "dropout_noise",
     "load_lora",
     "lora_config",
     "merge_lora",
