@@ -209,11 +209,16 @@ class LlaraPreTrainedModel(PreTrainedModel):
 _CPU_BF16_TRAINING_ATTENTION = "llara_sdpa_fp32"
 
 
+def _bf16_on_cpu(dtype: torch.dtype) -> bool:
+    """Tensors of ``dtype`` are bf16, or CPU autocast computes in bf16."""
+    return dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 def _sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     dtype = query.dtype
-    if not (torch.is_grad_enabled() and query.device.type == "cpu" and dtype == torch.bfloat16):
+    if not (torch.is_grad_enabled() and query.device.type == "cpu" and _bf16_on_cpu(dtype)):
         # not training in bf16 on CPU (the name can outlive a checkpointed forward, see below): plain sdpa
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
@@ -231,10 +236,7 @@ def cpu_bf16_training_attention(backbone: nn.Module) -> Iterator[None]:
     """Run ``backbone``'s sdpa attention in fp32 while it trains in bf16 on CPU (see above); else do nothing."""
     config = backbone.config
     weight = backbone.get_input_embeddings().weight
-    bf16 = weight.dtype == torch.bfloat16 or (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    if not (torch.is_grad_enabled() and weight.device.type == "cpu" and bf16
+    if not (torch.is_grad_enabled() and weight.device.type == "cpu" and _bf16_on_cpu(weight.dtype)
             and config._attn_implementation in ("sdpa", _CPU_BF16_TRAINING_ATTENTION)):
         yield
         return

@@ -230,6 +230,7 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     real = modeling._sdpa_in_fp32
     monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION,
                         lambda *a, **k: calls.append(a[1].dtype) or real(*a, **k))
+    sdpa_calls = _spy_on_sdpa(monkeypatch)
 
     def grads(fp32_attention: bool):
         model.zero_grad(set_to_none=True)
@@ -243,9 +244,10 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
 
     # When the same step runs with the fp32 attention path and with bf16 sdpa
     loss_fp32_attn, with_fp32 = grads(True)
-    # Then the fp32 path ran once per layer, and the attention implementation is restored
+    # Then the fp32 path ran once per layer (fp32 inputs, autocast off), and the attention implementation is restored
     layers = model.config.get_text_config().num_hidden_layers
     assert len(calls) == layers
+    assert sdpa_calls == [(torch.float32, False)] * layers
     assert model.model.config._attn_implementation == "sdpa"
     monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION, real)
     loss_bf16, with_bf16 = grads(False)
@@ -260,8 +262,23 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     assert calls == []
 
 
+def _spy_on_sdpa(monkeypatch) -> list:
+    """Record (query dtype, CPU autocast on) of every transformers sdpa attention call."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls, real = [], sdpa.sdpa_attention_forward
+
+    def spy(module, query, *args, **kwargs):
+        calls.append((query.dtype, torch.is_autocast_enabled("cpu")))
+        return real(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    return calls
+
+
 @pytest.mark.parametrize("model_class", ["LlaraModel", "LlaraForPretraining"])
-def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_attention(tiny_llara_dir, model_class):
+def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_attention(tiny_llara_dir, model_class,
+                                                                                    monkeypatch):
     # Checkpointed blocks rerun their forward in backward, after the model's forward has returned: the rerun must
     # take the same (fp32) attention path, or torch refuses the recomputed tensors (their dtype differs).
     from trainers.pretraining import PretrainingCollator
@@ -284,9 +301,14 @@ def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_att
             out = lambda: model(**{k: batch[k] for k in keys}).summarize_embeds.float()  # noqa: E731
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             before = out()
+        calls = _spy_on_sdpa(monkeypatch)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = (out() @ direction).sum()
         loss.backward()
+        # the fp32 attention ran in the forward and, checkpointed, again in the recompute
+        layers = model.config.get_text_config().num_hidden_layers
+        assert calls == [(torch.float32, False)] * layers * (2 if checkpointing else 1)
+        monkeypatch.undo()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             after = out()  # inference after a checkpointed step: plain bf16 sdpa again
         assert torch.equal(before, after)
