@@ -207,11 +207,11 @@ def test_training_never_switches_the_dtype(tiny_llara_dir, monkeypatch):
     assert np.isfinite(next(module.auto_model.parameters()).grad.numpy()).all()
 
 
-@pytest.mark.parametrize("model_class", ["LlaraModel", "LlaraForPretraining"])
-def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_llara_dir, monkeypatch, model_class):
+def _training_model(tiny_llara_dir, model_class: str):
+    """``(model, embed, direction)``: a seeded sdpa model in train mode, a function returning the fp32 embeddings of
+    three texts (``pooler_output`` or ``summarize_embeds``), and a fixed direction to project them on."""
     from trainers.pretraining import PretrainingCollator
 
-    # Given a model training under bf16 autocast on CPU, and a spy on the fp32 attention path
     torch.manual_seed(0)
     model = getattr(modeling, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
@@ -220,12 +220,17 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     direction = torch.randn(model.config.get_text_config().hidden_size, generator=torch.Generator().manual_seed(1))
     if model_class == "LlaraModel":
         batch = LlaraInputBuilder(tokenizer, model.config)(texts, task="document")
-        out = lambda: (model(**batch).pooler_output.float() @ direction).sum()  # noqa: E731
-    else:
-        collate = PretrainingCollator(tokenizer, model.config, max_length=200)
-        batch = collate([{"input": t, "next": None} for t in texts])
-        forward_keys = ("input_ids", "attention_mask", "segment_ids")
-        out = lambda: (model(**{k: batch[k] for k in forward_keys}).summarize_embeds.float() @ direction).sum()  # noqa: E731
+        return model, lambda: model(**batch).pooler_output.float(), direction
+    batch = PretrainingCollator(tokenizer, model.config, max_length=200)([{"input": t, "next": None} for t in texts])
+    keys = ("input_ids", "attention_mask", "segment_ids")
+    return model, lambda: model(**{k: batch[k] for k in keys}).summarize_embeds.float(), direction
+
+
+@pytest.mark.parametrize("model_class", ["LlaraModel", "LlaraForPretraining"])
+def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_llara_dir, monkeypatch, model_class):
+    # Given a model training under bf16 autocast on CPU, and a spy on the fp32 attention path
+    model, embed, direction = _training_model(tiny_llara_dir, model_class)
+    out = lambda: (embed() @ direction).sum()  # noqa: E731
     calls = []
     real = modeling._sdpa_in_fp32
     monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION,
@@ -281,24 +286,11 @@ def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_att
                                                                                     monkeypatch):
     # Checkpointed blocks rerun their forward in backward, after the model's forward has returned: the rerun must
     # take the same (fp32) attention path, or torch refuses the recomputed tensors (their dtype differs).
-    from trainers.pretraining import PretrainingCollator
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
-    texts = ["apt kernel driver python library", "font icon", "server client daemon tool shell audio"]
     results = []
     for checkpointing in (False, True):
-        torch.manual_seed(0)
-        model = getattr(modeling, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
+        model, out, direction = _training_model(tiny_llara_dir, model_class)
         if checkpointing:
             model.activation_checkpointing_enable()
-        direction = torch.randn(model.config.get_text_config().hidden_size, generator=torch.Generator().manual_seed(1))
-        if model_class == "LlaraModel":
-            batch = LlaraInputBuilder(tokenizer, model.config)(texts, task="document")
-            out = lambda: model(**batch).pooler_output.float()  # noqa: E731
-        else:
-            batch = PretrainingCollator(tokenizer, model.config, max_length=200)([{"input": t, "next": None} for t in texts])
-            keys = ("input_ids", "attention_mask", "segment_ids")
-            out = lambda: model(**{k: batch[k] for k in keys}).summarize_embeds.float()  # noqa: E731
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             before = out()
         calls = _spy_on_sdpa(monkeypatch)
