@@ -342,17 +342,19 @@ def main(argv: list[str] | None = None) -> int:
         # no "+" in folder names: transformers warns when it loads remote code from such a folder
         return init if key == "a" else work / "models" / f"seed{seed}" / key.replace("+", "_")
 
-    def run_variant(v: Variant, seed: int) -> None:
+    def run_variant(v: Variant, seed: int, need_model: bool = False) -> None:
+        # results present: cached. The model is retrained only when a variant that starts from it still has to
+        # run (need_model), e.g. after the models were deleted or the results were copied from another machine.
         cfg = seed_cfgs[seed]
         out = model_path(v.key, seed)
         label = f"{v.key}-s{seed}"
-        if results_exist(cfg, v.key, seed) and (p._done(out) or not v.keep_model):
+        if results_exist(cfg, v.key, seed) and (p._done(out) or not need_model):
             say(f"{label}: cached")
             evaluate_all(cfg, str(out), v.key, seed)
             return
         base = model_path(v.base, seed)
         if not p._done(base):  # a base is only missing when it was deleted: rebuild it (same seed, same result)
-            run_variant(by_key[v.base], seed)
+            run_variant(by_key[v.base], seed, need_model=True)
         say(f"{label}: {v.stage} from {v.base} {v.overrides or ''}")
         t = time.perf_counter()
         if v.stage == "pretrain":

@@ -287,3 +287,61 @@ def test_summary_compares_the_paper_finetune_with_d_and_c():
         assert report["paper_lr_grid"] == {}  # its stage-1 model is not a grid point without the grid
         assert report["summary"][domain]["d-paper"]["runs"] == 3
     assert "(d-paper) ft from (b-paper) lr 5e-05 vs (d) ft from (b)" in report["markdown"]
+
+
+def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], argv: list[str]) -> list[tuple[str, str]]:
+    """Run main() with the pipeline's stages replaced by recorders; returns the (stage, variant) trained."""
+    from trainers import pipeline as p
+
+    trained: list[tuple[str, str]] = []
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "config.json").write_text("{}")
+    (tmp_path / "out" / "data" / "pydocs").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "pydocs" / "corpus.jsonl").write_text("")
+
+    def train(stage):
+        def run(cfg, base, data, out=None, **overrides):
+            assert p._done(Path(base)), f"{stage} started from a missing model {base}"
+            out.mkdir(parents=True)
+            (out / "config.json").write_text("{}")
+            trained.append((stage, out.name))
+            return out
+        return run
+
+    monkeypatch.setattr(p, "prepare_data", lambda cfg: {"test": tmp_path, "train": tmp_path / "t", "pretrain": tmp_path})
+    monkeypatch.setattr(p, "init_model", lambda cfg: init)
+    monkeypatch.setattr(p, "pretrain", train("pretrain"))
+    monkeypatch.setattr(p, "finetune", train("finetune"))
+    monkeypatch.setattr(p, "mine", lambda cfg, train_path: train_path)
+    monkeypatch.setattr(p, "evaluate", lambda cfg, model, beir_dir, label, dataset_name="":
+                        {"metrics": {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}})
+    monkeypatch.setattr(pc, "summarize", lambda *a: {"markdown": ""})
+    monkeypatch.setattr(pc, "write_outputs", lambda *a: None)
+    monkeypatch.setattr(pc, "write_budgets_table", lambda *a: None)
+    (tmp_path / "out" / "data" / "seed0").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "seed0" / "train.jsonl").write_text("")
+    results = tmp_path / "out" / "quick" / "results"
+    results.mkdir(parents=True)
+    for key, present in have_results.items():
+        if present:
+            for domain in pc.DOMAINS:
+                (results / f"{key}-s0-{domain}.json").write_text("{}")
+    assert pc.main(["--quick", "--out", str(tmp_path / "out"), *argv]) == 0
+    return trained
+
+
+def test_copied_results_without_models_rebuild_only_the_bases_still_needed(tmp_path, monkeypatch):
+    # results of (b), (b-lm), (c), (d) present (e.g. copied from another machine), their models gone, (d-lm) to run:
+    # (b-lm) is retrained because (d-lm) starts from it; (b) is not, since (d) already has its results
+    trained = _fake_pipeline_run(tmp_path, monkeypatch, {"b": True, "b-lm": True, "c": True, "d": True, "d-lm": False},
+                                 ["--no-ablations"])
+    assert trained == [("pretrain", "b-lm"), ("finetune", "d-lm")]
+
+
+def test_every_result_present_trains_nothing_and_ablations_run_alone(tmp_path, monkeypatch):
+    main = {"b": True, "b-lm": True, "c": True, "d": True, "d-lm": True}
+    trained = _fake_pipeline_run(tmp_path, monkeypatch, main, [])
+    # only the ablations and the paper grid train (they start from the init model)
+    assert trained == [("pretrain", "ebae_lm"), ("pretrain", "ebae"), ("pretrain", "ebar_lm"), ("pretrain", "ebar"),
+                       ("pretrain", "b-paper-lr5e-05")]
