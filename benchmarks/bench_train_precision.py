@@ -18,7 +18,7 @@ model cast to bf16, no autocast). Time: median seconds of forward + loss + backw
 ``--profile`` prints the top operators of one step per precision (where the time goes).
 
     python benchmarks/bench_train_precision.py --quick
-    python benchmarks/bench_train_precision.py --batch 8 --text-tokens 128 --steps 3
+    python benchmarks/bench_train_precision.py --batch 8 --text-tokens 128 --steps 9
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: the embedded SmolLM2, converted once)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per stage and precision (after one warm-up)")
+    p.add_argument("--steps", type=int, default=9,
+                   help="timed steps per stage and precision, after one warm-up; the median is reported, and three steps are too few on a shared CPU (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="print the top operators of one step per stage and precision")
     p.add_argument("--quick", action="store_true", help="batch 4, 64 text tokens, 2 steps")
