@@ -241,7 +241,42 @@ def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
            "--max_steps", "3", "--per_device_train_batch_size", "2", "--ddp_backend", "gloo", "--save_strategy", "no"]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_closes_its_process_group(tmp_path, monkeypatch, fails):
+    import torch.distributed as dist
+
+    from trainers.cli_boundary import run_verb
+
+    # Given a command running inside a gloo process group, as every rank does under torchrun (one rank here)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    barriers = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: barriers.append(1) or real_barrier(*a, **k))
+
+    def command(argv):
+        assert dist.is_initialized()
+        if fails:
+            raise RuntimeError("the run failed")
+        return 0
+
+    # When the command returns or fails
+    try:
+        code = run_verb("pretrain", command, [])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+            closed = False
+        else:
+            closed = True
+    # Then the group is destroyed before the process exits (an open gloo group can abort the interpreter's
+    # shutdown); the ranks wait for each other only after a success (after a failure the others may be gone)
+    assert closed
+    assert code == (1 if fails else 0)
+    assert barriers == ([] if fails else [1])
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])

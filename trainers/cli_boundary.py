@@ -166,9 +166,11 @@ def run_verb(verb: str, main: Callable[[list[str] | None], int | None], argv: Se
     debug = debug_requested() if debug is None else debug
     configure_logging()
     prog = f"llara {verb}"
+    finished = False
     try:
         with _argparse_raises():
             result = main(list(argv) if argv is not None else None)
+        finished = True
         return int(result or 0)
     except SystemExit as stop:
         # argparse's --help exits 0; a script may exit with a status or with a message.
@@ -194,6 +196,28 @@ def run_verb(verb: str, main: Callable[[list[str] | None], int | None], argv: Se
         hint = "" if debug else " (run with --debug for the traceback)"
         print(f"{prog}: error: internal error: {type(error).__name__}: {message}{hint}", file=sys.stderr)
         return ERROR_EXIT
+    finally:
+        close_process_group(wait=finished)
+
+
+def close_process_group(wait: bool = True) -> None:
+    """End a distributed run (torchrun) cleanly: every rank waits for the others (the main process may still be
+    writing the export) and the process group is destroyed while the interpreter is alive.
+
+    A rank that exits with its gloo process group still open can abort at interpreter shutdown ("terminate
+    called without an active exception", SIGABRT): the backend's worker threads still hold work objects. After
+    a failure, ``wait=False`` skips the barrier (the other ranks may be gone) and only destroys the group.
+    A process that never imported ``torch.distributed`` has nothing to close.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+    except Exception as error:  # a teardown failure must not mask the run's own exit status
+        logging.getLogger(__name__).warning("could not close the distributed process group: %s", describe(error))
 
 
 def script_entry(verb: str, main: Callable[[list[str] | None], int | None]) -> None:
@@ -202,4 +226,4 @@ def script_entry(verb: str, main: Callable[[list[str] | None], int | None]) -> N
     sys.exit(run_verb(verb, main, sys.argv[1:]))
 
 
-__all__ = ["UsageError", "configure_logging", "describe", "is_user_error", "run_verb", "script_entry"]
+__all__ = ["UsageError", "close_process_group", "configure_logging", "describe", "is_user_error", "run_verb", "script_entry"]
