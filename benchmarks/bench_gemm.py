@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.inner, args.no_lm_head = 3, 3, True
     if args.threads:
         torch.set_num_threads(args.threads)
+    from trainers.run_records import cpu_bf16_flags, cpu_model
+
     measured = measure(args.tokens, args.repeats, args.inner, not args.no_lm_head)
     rates = measured["gflops"]
     result = {
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.platform(),
+        "cpu": cpu_model(),
+        "bf16_cpu_flags": cpu_bf16_flags(),
         "gflops": rates,
         "bf16_over_fp32": {name: r["bfloat16"] / r["float32"] for name, r in rates.items()},
         "seconds": measured["seconds"],

@@ -113,7 +113,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _bf16(cfg: PipelineConfig) -> bool:
+def trains_in_bf16(cfg: PipelineConfig) -> bool:
+    """Whether the stages of this run use bf16 (autocast over fp32 master weights): the resolved `cfg.dtype`."""
     import torch
 
     from modeling_llara import resolve_dtype
@@ -131,7 +132,7 @@ def _trainer_settings(cfg: PipelineConfig, out: Path) -> dict:
         "seed": cfg.seed,
         "dataloader_pin_memory": False,
         "use_cpu": _device() == "cpu",
-        "bf16": _bf16(cfg),  # autocast over fp32 master weights
+        "bf16": trains_in_bf16(cfg),  # autocast over fp32 master weights
     }
 
 

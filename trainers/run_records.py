@@ -9,6 +9,44 @@ from pathlib import Path
 from trainers.io import atomic_write_json, atomic_write_text
 
 
+def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    try:
+        with open(cpuinfo, encoding="utf8", errors="replace") as handle:
+            for line in handle:
+                if line.split(":")[0].strip() == name:
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere the platform's processor or machine string)."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16 flags ``dtype="auto"`` looks for (AMX-BF16, AVX512-BF16) that this CPU has: bf16 kernels, and so
+    bf16 results, differ between CPUs with and without AMX."""
+    from modeling_llara.modeling_llara import FAST_BF16_CPU_FLAGS
+
+    flags = set(_cpuinfo_field("flags", cpuinfo).split())
+    return [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]
+
+
+def environment() -> dict:
+    """Where a result was measured: CPU model and bf16 flags, threads, CUDA device, torch version."""
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "bf16_cpu_flags": cpu_bf16_flags(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
 def hardware_description() -> str:
     import torch
 
@@ -16,7 +54,7 @@ def hardware_description() -> str:
         name = torch.cuda.get_device_name(0)
         return f"{torch.cuda.device_count()} x {name}"
     cores = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {cores} threads)"
+    return f"CPU ({cpu_model()}, {cores} threads)"
 
 
 def save_run_records(trainer, objective: str, datasets: list[str] | None = None) -> None:

@@ -118,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     check = p.check_export(hub, finetuned, data["test"])
     print(f"max |exported - fine-tuned| over {check['texts']} texts: {check['max_abs_diff']:.2e}")
 
+    from trainers.run_records import environment
+
     table = p.format_table(results)
     curves = {"pretraining": p.loss_curve(pretrained), "fine-tuning": p.loss_curve(finetuned)}
     png = p.plot(results, curves, cfg.root / "results.png")
     summary = {"config": cfg.__dict__, "results": [{k: v for k, v in r.items() if k != "per_query"} for r in results],
-               "export_check": check, "seconds": round(time.perf_counter() - started, 1)}
+               "export_check": check, "seconds": round(time.perf_counter() - started, 1),
+               "environment": {**environment(), "compute_dtype": "bfloat16" if p.trains_in_bf16(cfg) else "float32"}}
     atomic_write_json(cfg.root / "results.json", summary, default=str)
     atomic_write_text(cfg.root / "results.md", table + "\n")
     print("\n" + table)
