@@ -49,19 +49,28 @@ _DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": tor
 _logged_choices: set[tuple[str, str]] = set()
 
 
-def cpu_supports_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has native bf16 matmul support (AMX-BF16 or AVX512-BF16), read from ``cpuinfo``.
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The native bf16 flags (of ``FAST_BF16_CPU_FLAGS``) this CPU has, read from ``cpuinfo``'s first flags line.
 
-    A system without that file (not Linux) answers False, so fp32 stays the default there.
+    A system without that file (not Linux) has none.
     """
     try:
         with open(cpuinfo, encoding="utf8", errors="replace") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return any(flag in FAST_BF16_CPU_FLAGS for flag in line.partition(":")[2].split())
+                    flags = set(line.partition(":")[2].split())
+                    return [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]
     except OSError:
-        return False
-    return False
+        return []
+    return []
+
+
+def cpu_supports_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has native bf16 matmul support (AMX-BF16 or AVX512-BF16), read from ``cpuinfo``.
+
+    A system without that file (not Linux) answers False, so fp32 stays the default there.
+    """
+    return bool(cpu_bf16_flags(cpuinfo))
 
 
 def resolve_dtype(
@@ -776,6 +785,7 @@ __all__ = [
     "dual_suffix_positions",
     "default_lm_chunk_size",
     "encode",
+    "cpu_bf16_flags",
     "cpu_supports_fast_bf16",
     "is_right_padded",
     "resolve_dtype",

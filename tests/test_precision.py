@@ -46,12 +46,12 @@ def test_cpu_bf16_detection_without_cpuinfo_says_no(tmp_path):
 @pytest.mark.parametrize(("flags", "named"), [(AMX_FLAGS + " avx512_bf16", ["amx_bf16", "avx512_bf16"]),
                                               (AVX512_BF16_FLAGS, ["avx512_bf16"]), (PLAIN_FLAGS, [])])
 def test_run_records_name_the_cpu_and_its_bf16_flags(tmp_path, flags, named):
-    from trainers.run_records import cpu_bf16_flags, cpu_model
+    from trainers.run_records import cpu_model
 
     # bf16 kernels (and so bf16 results) differ between CPUs with and without AMX: results say which ran them
     path = _cpuinfo(tmp_path, flags)
     assert cpu_model(path) == "test cpu"
-    assert cpu_bf16_flags(path) == named
+    assert modeling.cpu_bf16_flags(path) == named
 
 
 @pytest.fixture
