@@ -18,6 +18,9 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
   --paper-finetune adds (d-paper): the same fine-tuning from a ``paper``-mode stage 1 (our addition: does the
              zero-shot advantage of the ``paper`` loss carry through fine-tuning?), compared with (d) and (c)
 
+--groups trains only some groups of variants (main, ablation, paper-grid, preprocessing, paper-ft), e.g. a seed's
+             paper grid before its ablations; the report still reads every result already present.
+
 Seeds (--seeds) drive data order, LoRA init and hard-negative sampling; the data split is fixed by
 --data-seed. Every model is scored on the held-out Debian test queries and, zero-shot, on a second
 domain (Python stdlib docstrings). Reported per domain: mean and sample standard deviation over seeds
@@ -141,6 +144,7 @@ def lr_tag(lr: float) -> str:
     return f"{lr:.0e}".replace("+", "")
 
 
+GROUPS = ("main", "ablation", "paper-grid", "preprocessing", "paper-ft")  # training order of the groups
 RUN_FIRST = {"b": 0, "c": 1, "d": 2}  # execution order inside a seed; the report keeps build_variants' order
 
 
@@ -225,6 +229,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", default=None,
                         help="suffix of the work folder (<out>/budget<K>x-<tag>/): a second set of runs at the same "
                              "budget, e.g. a rerun on newer code next to the first; data and reference results stay shared")
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=None,
+                        help="train only the variants of these groups (default: every group the other options "
+                             "enable); results already present for the other variants are still read into the "
+                             "report. E.g. --groups paper-grid runs the `paper` learning-rate grid of a seed "
+                             "before its ablations")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the report and budgets.md from the results already in the folder "
                              "(a run still in progress, or one that was cut); comparisons with a variant that has "
@@ -303,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = build_variants(args)
     by_key = {v.key: v for v in variants}
+    if args.groups:
+        empty = [g for g in args.groups if not any(v.group == g for v in variants)]
+        if empty:
+            raise SystemExit(f"--groups {' '.join(empty)}: no variant of that group runs with these options (ablation "
+                             "and paper-grid are off under --no-ablations; preprocessing needs --preprocessing-ablation,"
+                             " paper-ft needs --paper-finetune)")
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     runs: dict[str, dict[str, dict]] = {d: {} for d in DOMAINS}  # domain -> "key|seed" -> result
@@ -374,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
 
     trained = [v for v in variants if v.stage != "reference"]
-    if args.report_only:
-        for v in trained:
-            for seed in args.seeds:
-                if results_exist(seed_cfgs[seed], v.key, seed):
-                    evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed)  # cached: read only
-    for group in ("main", "ablation", "paper-grid", "preprocessing", "paper-ft") if not args.report_only else ():
+    train_groups = () if args.report_only else tuple(g for g in GROUPS if args.groups is None or g in args.groups)
+    for v in trained:
+        if v.group in train_groups:
+            continue
+        for seed in args.seeds:
+            if results_exist(seed_cfgs[seed], v.key, seed):
+                evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed)  # cached: read only
+    for group in train_groups:
         for seed in args.seeds:
             # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
             for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):

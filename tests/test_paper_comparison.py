@@ -289,8 +289,10 @@ def test_summary_compares_the_paper_finetune_with_d_and_c():
     assert "(d-paper) ft from (b-paper) lr 5e-05 vs (d) ft from (b)" in report["markdown"]
 
 
-def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], argv: list[str]) -> list[tuple[str, str]]:
-    """Run main() with the pipeline's stages replaced by recorders; returns the (stage, variant) trained."""
+def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], argv: list[str],
+                       reported: list | None = None) -> list[tuple[str, str]]:
+    """Run main() with the pipeline's stages replaced by recorders; returns the (stage, variant) trained.
+    ``reported`` (a list) receives the "variant|seed" keys of the Debian results handed to the report."""
     from trainers import pipeline as p
 
     trained: list[tuple[str, str]] = []
@@ -316,7 +318,12 @@ def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], arg
     monkeypatch.setattr(p, "mine", lambda cfg, train_path: train_path)
     monkeypatch.setattr(p, "evaluate", lambda cfg, model, beir_dir, label, dataset_name="":
                         {"metrics": {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}})
-    monkeypatch.setattr(pc, "summarize", lambda *a: {"markdown": ""})
+    def summarize(args, variants, runs, reference_models):
+        if reported is not None:
+            reported.extend(runs["debian"])
+        return {"markdown": ""}
+
+    monkeypatch.setattr(pc, "summarize", summarize)
     monkeypatch.setattr(pc, "write_outputs", lambda *a: None)
     monkeypatch.setattr(pc, "write_budgets_table", lambda *a: None)
     (tmp_path / "out" / "data" / "seed0").mkdir(parents=True)
@@ -345,3 +352,19 @@ def test_every_result_present_trains_nothing_and_ablations_run_alone(tmp_path, m
     # only the ablations and the paper grid train (they start from the init model)
     assert trained == [("pretrain", "ebae_lm"), ("pretrain", "ebae"), ("pretrain", "ebar_lm"), ("pretrain", "ebar"),
                        ("pretrain", "b-paper-lr5e-05")]
+
+
+def test_groups_trains_only_the_named_groups_and_still_reports_the_others(tmp_path, monkeypatch):
+    # main variants done, EBAE+LM done, the rest of the ablations not: --groups paper-grid trains the grid alone,
+    # and the report still gets every result present (main variants and EBAE+LM), not the missing ablations
+    have = {"b": True, "b-lm": True, "c": True, "d": True, "d-lm": True, "ebae+lm": True}
+    reported: list[str] = []
+    trained = _fake_pipeline_run(tmp_path, monkeypatch, have, ["--groups", "paper-grid"], reported)
+    assert trained == [("pretrain", "b-paper-lr5e-05")]
+    assert {k.split("|")[0] for k in reported} == {"bm25", "minilm", "a", "b", "b-lm", "c", "d", "d-lm", "ebae+lm",
+                                                   "b-paper-lr5e-05"}
+
+
+def test_groups_of_a_disabled_group_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="--groups ablation: no variant of that group"):
+        _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--groups", "ablation"])
