@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_llara", "trainers", "trainers.*", "hub_card"]),
+    packages=find_packages(include=["modeling_llara", "trainers", "trainers.*", "hub_card", "llara", "llara.*"]),
     package_data={"trainers": ["resources/*"], "hub_card": ["templates/*"]},
     install_requires=requirements,
     extras_require={
@@ -27,5 +27,5 @@ setup(
         # source-only: install after torch with --no-build-isolation (see the Makefile)
         "deepspeed": ["deepspeed==0.19.8"],
     },
-    entry_points={"console_scripts": ["llara=trainers.cli:main"]},
+    entry_points={"console_scripts": ["llara=llara.cli:main"]},
 )

@@ -194,7 +194,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="training seeds: data order, LoRA init, negative sampling (default: %(default)s)")
     parser.add_argument("--data-seed", type=int, default=0,
                         help="seed of the data split (Debian and pydocs), fixed across training seeds (default: %(default)s)")
-    from trainers.pipeline import PipelineConfig
+    from llara.pipeline import PipelineConfig
 
     main_job = PipelineConfig()
     parser.add_argument("--pretrain-steps", type=int, default=main_job.pretrain_steps,
@@ -273,7 +273,7 @@ def resolve(args) -> argparse.Namespace:
 # ---- running ----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = resolve(make_parser().parse_args(argv))
-    from trainers import pipeline as p
+    from llara import pipeline as p
     from trainers.io import atomic_write_json
 
     started = time.perf_counter()

@@ -1,8 +1,8 @@
 """Bad input, every verb and the API: one clear line (``llara <verb>: error: ...``), the right exit status
 (2 for usage errors, 1 otherwise), no traceback, and never a silent wrong result.
 
-The verbs run in-process through ``trainers.cli.main``; a few subprocess tests check what only a fresh
-process shows (library chatter, ``python -m trainers.scripts.<verb>``, a SIGKILLed export).
+The verbs run in-process through ``llara.cli.main``; a few subprocess tests check what only a fresh
+process shows (library chatter, ``python -m llara.scripts.<verb>``, a SIGKILLed export).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.cli import main
+from llara.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,13 +71,13 @@ def files(tmp_path_factory, tiny_base_dir, tiny_llara_dir, bert_dir) -> dict[str
 @pytest.fixture(autouse=True)
 def _no_long_runs(monkeypatch):
     """A case whose validation is missing must fail fast, not start the whole pipeline."""
-    import trainers.pipeline
+    import llara.pipeline
 
     def started(*args, **kwargs):
         raise AssertionError("the pipeline started: its arguments were not validated")
 
     for name in ("save_config", "prepare_data", "init_model", "run_pipeline"):
-        monkeypatch.setattr(trainers.pipeline, name, started, raising=False)
+        monkeypatch.setattr(llara.pipeline, name, started, raising=False)
 
 
 def _xfail(reason: str):
@@ -213,7 +213,7 @@ def test_cli_bad_input_is_one_line(files, capsys, argv, code, message):
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err, err
     assert lines, f"nothing on stderr (exit {status})"
-    verb = argv[0] if argv[0] in __import__("trainers.cli").cli.COMMANDS else None
+    verb = argv[0] if argv[0] in __import__("llara.cli").cli.COMMANDS else None
     prefix = f"llara {verb}: error: " if verb else "llara: error: "
     assert lines[-1].startswith(prefix), err
     assert message in lines[-1], err
@@ -235,7 +235,7 @@ def test_debug_flag_and_env_show_the_traceback(files, capsys, monkeypatch):
 
 
 def test_internal_errors_say_so_in_one_line(files, capsys, monkeypatch):
-    import trainers.scripts.demo as demo
+    import llara.scripts.demo as demo
 
     def broken(argv):
         raise RuntimeError("boom\nsecond line")
@@ -359,7 +359,7 @@ def test_card_metadata_holds_only_hub_dataset_ids(tmp_path):
 
 
 def test_library_chatter_is_filtered_at_the_entry_point():
-    from trainers.cli_boundary import configure_logging
+    from llara.cli_boundary import configure_logging
 
     configure_logging()
 
@@ -388,9 +388,9 @@ def _env():
 def test_fresh_process_prints_exactly_one_line(tmp_path):
     """No faiss / DeepSpeed / bm25s chatter around the error, through ``llara`` and ``python -m``."""
     procs = [
-        subprocess.Popen([sys.executable, "-m", "trainers.cli", "evaluate", "--model", "bm25", "--beir", str(tmp_path / "nope")],
+        subprocess.Popen([sys.executable, "-m", "llara.cli", "evaluate", "--model", "bm25", "--beir", str(tmp_path / "nope")],
                          cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen([sys.executable, "-m", "trainers.scripts.init", "--base", str(tmp_path / "nope"), "--out",
+        subprocess.Popen([sys.executable, "-m", "llara.scripts.init", "--base", str(tmp_path / "nope"), "--out",
                           str(tmp_path / "out")],
                          cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     ]
@@ -414,7 +414,7 @@ def test_killed_export_leaves_nothing_trusted_and_next_export_cleans_up(tiny_lla
         "    print('STAGED', flush=True)\n"
         "    signal.pause()\n"
         "e.render_model_card = stop\n"
-        "from trainers.cli import main\n"
+        "from llara.cli import main\n"
         f"sys.exit(main(['export', '--model', {str(tiny_llara_dir)!r}, '--out', {str(out)!r}, '--no-mteb-lookup']))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,

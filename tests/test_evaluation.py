@@ -117,7 +117,7 @@ def test_bm25_and_minilm_through_the_same_code(collection, minilm):
 
 def test_index_search_evaluate_equals_evaluate_model(collection, minilm, tmp_path, capsys):
     """``llara index`` + ``llara search`` + ``llara evaluate --run`` = ``llara evaluate --model`` (flat index)."""
-    from trainers.scripts import evaluate, index, search
+    from llara.scripts import evaluate, index, search
 
     assert index.main(["--model", minilm, "--corpus", str(collection / "corpus.jsonl"), "--out", str(tmp_path / "idx"), "--no-progress"]) == 0
     assert search.main(["--index", str(tmp_path / "idx"), "--queries", str(collection / "queries.jsonl"), "--out", str(tmp_path / "run.trec")]) == 0
@@ -135,8 +135,8 @@ def test_index_search_evaluate_equals_evaluate_model(collection, minilm, tmp_pat
 
 
 def test_evaluate_cli_reports_bad_input(collection, tmp_path, capsys):
-    from trainers.cli import main as cli_main
-    from trainers.scripts import evaluate
+    from llara.cli import main as cli_main
+    from llara.scripts import evaluate
 
     (tmp_path / "run.trec").write_text("x1 Q0 d1 1 0.5 t\n")
     assert cli_main(["evaluate", "--run", str(tmp_path / "run.trec"), "--beir", str(collection), "--output", str(tmp_path / "o.json")]) == 1

@@ -395,7 +395,7 @@ def test_failed_export_leaves_no_folder_and_keeps_the_old_one(tmp_path, tiny_lla
 
 
 def test_cli_reports_errors_and_exports(tmp_path, tiny_llara_dir, tiny_base_dir, capsys):
-    from trainers.scripts.export import main, make_parser
+    from llara.scripts.export import main, make_parser
 
     assert "--results" in make_parser().format_help()
     assert main(["--model", str(tiny_base_dir), "--out", str(tmp_path / "a")]) == 1

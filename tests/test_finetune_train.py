@@ -40,7 +40,7 @@ def _safetensors(folder):
 def test_cli_with_recipe_trains_and_writes_a_loadable_model(tiny_llara_dir, train_jsonl, tmp_path):
     from transformers import AutoModel
 
-    from trainers.scripts.finetune import main
+    from llara.scripts.finetune import main
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -68,7 +68,7 @@ def test_cli_with_recipe_trains_and_writes_a_loadable_model(tiny_llara_dir, trai
 
 
 def test_recipe_with_unknown_option_is_a_one_line_usage_error(tmp_path, capsys):
-    from trainers.scripts.finetune import parse_args
+    from llara.scripts.finetune import parse_args
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("temprature: 0.02\n")
@@ -85,7 +85,7 @@ def test_recipe_with_unknown_option_is_a_one_line_usage_error(tmp_path, capsys):
     (["--config", "missing.yaml"], "missing.yaml: file not found"),
 ])
 def test_usage_errors_name_the_problem(tmp_path, capsys, argv, message):
-    from trainers.scripts.finetune import parse_args
+    from llara.scripts.finetune import parse_args
 
     with pytest.raises(SystemExit) as exit_info:
         parse_args([*argv, "--output_dir", str(tmp_path / "o")])
@@ -101,7 +101,7 @@ def test_zero_steps_is_refused(tmp_path):
 
 
 def test_flags_override_the_recipe(tmp_path):
-    from trainers.scripts.finetune import parse_args
+    from llara.scripts.finetune import parse_args
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("temperature: 0.05\ngroup_size: 4\n")
@@ -165,7 +165,7 @@ _KILLER = """
 import os, signal, sys
 from transformers import TrainerCallback
 from trainers.finetuning import trainer as stage2
-from trainers.scripts import finetune
+from llara.scripts import finetune
 
 
 class KillAfterSave(TrainerCallback):
@@ -188,7 +188,7 @@ def test_sigkill_then_resume_skips_a_half_written_checkpoint_and_equals_an_unint
     import sys
 
     from conftest import REPO_ROOT
-    from trainers.scripts.finetune import main
+    from llara.scripts.finetune import main
 
     common = ["--model_name_or_path", str(tiny_llara_dir), "--train_data", str(train_jsonl), "--group_size", "3",
               "--query_max_length", "72", "--passage_max_length", "88", "--lora_r", "4", "--per_device_train_batch_size",

@@ -234,8 +234,8 @@ def test_save_rejects_duplicate_or_missing_ids(tmp_path):
 
 def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
     """``llara index`` and ``llara search`` end to end, with a stand-in encoder (the real one is in test_evaluation)."""
-    from trainers.scripts import index as index_script
-    from trainers.scripts import search as search_script
+    from llara.scripts import index as index_script
+    from llara.scripts import search as search_script
 
     class StandIn:
         def encode_document(self, texts, **kwargs):
@@ -265,7 +265,7 @@ def test_index_cli_resumes_and_search_cli_writes_trec(tmp_path, monkeypatch):
 def test_index_records_the_model_by_absolute_path_and_overwrite_drops_stale_shards(tmp_path, monkeypatch):
     from trainers.retrieval.corpus_index import work_dir_for
     from trainers.retrieval.faiss_index import read_index_meta
-    from trainers.scripts import index as index_script
+    from llara.scripts import index as index_script
 
     class StandIn:
         def encode_document(self, texts, **kwargs):

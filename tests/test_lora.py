@@ -126,7 +126,7 @@ def _fresh_process_embeddings(*folders) -> dict:
 def test_merged_model_loads_with_automodel_and_matches_base_plus_adapter(tiny_llara_dir, tmp_path):
     from modeling_llara import LlaraInputBuilder, LlaraModel
     from trainers.convert import save_llara
-    from trainers.scripts.merge import main as merge_main
+    from llara.scripts.merge import main as merge_main
 
     # Given a base model with a (perturbed, i.e. trained-looking) adapter saved by peft
     tokenizer = _tokenizer(tiny_llara_dir)

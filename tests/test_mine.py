@@ -73,7 +73,7 @@ def test_bm25_mining_picks_lexically_close_passages_and_counts_short_windows():
 
 
 def test_cli_writes_training_jsonl(tmp_path):
-    from trainers.scripts.mine import main
+    from llara.scripts.mine import main
 
     corpus = _corpus(30)
     data = tmp_path / "train.jsonl"

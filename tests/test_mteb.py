@@ -119,7 +119,7 @@ def test_llara_passes_mock_retrieval_and_sts(tiny_llara_dir):
 
 
 def test_mteb_run_cli_with_local_llara_and_beir(collection, tiny_llara_dir, tmp_path, capsys):
-    from trainers.scripts import mteb as mteb_script
+    from llara.scripts import mteb as mteb_script
 
     out = tmp_path / "results"
     assert mteb_script.main(["run", "-m", str(tiny_llara_dir), "--beir", str(collection), "--output-folder", str(out)]) == 0
@@ -129,7 +129,7 @@ def test_mteb_run_cli_with_local_llara_and_beir(collection, tiny_llara_dir, tmp_
 
 
 def test_mock_run_cli_passes_for_llara(tiny_llara_dir, tmp_path, monkeypatch):
-    from trainers.scripts import mteb as mteb_script
+    from llara.scripts import mteb as mteb_script
 
     monkeypatch.chdir(tmp_path)
     assert mteb_script.main(["mock-run", "-m", str(tiny_llara_dir)]) == 0

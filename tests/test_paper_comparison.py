@@ -293,7 +293,7 @@ def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], arg
                        reported: list | None = None) -> list[tuple[str, str]]:
     """Run main() with the pipeline's stages replaced by recorders; returns the (stage, variant) trained.
     ``reported`` (a list) receives the "variant|seed" keys of the Debian results handed to the report."""
-    from trainers import pipeline as p
+    from llara import pipeline as p
 
     trained: list[tuple[str, str]] = []
     init = tmp_path / "init"

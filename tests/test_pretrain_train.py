@@ -115,7 +115,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from transformers import TrainerCallback
     import trainers.pretraining.run as run
-    from trainers.scripts import pretrain
+    from llara.scripts import pretrain
 
     class KillAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -130,7 +130,7 @@ KILLER = textwrap.dedent(
 
 
 def test_sigkill_and_resume_equals_uninterrupted_run(tiny_llara_dir, tmp_path):
-    from trainers.scripts import pretrain
+    from llara.scripts import pretrain
 
     corpus = _corpus(tmp_path / "c.txt")
     steps = ["--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
@@ -162,7 +162,7 @@ def test_lora_recipe_trains_special_rows_and_exports_a_loadable_model(tiny_llara
     from transformers import AutoModel
 
     from modeling_llara import LlaraConfig
-    from trainers.scripts import pretrain
+    from llara.scripts import pretrain
 
     # Given a YAML recipe with LoRA and the paper loss, overridden by flags
     corpus = _corpus(tmp_path / "c.txt", docs=6)
@@ -237,7 +237,7 @@ def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
     corpus = _corpus(tmp_path / "c.txt")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "trainers.scripts.pretrain", *_common(tiny_llara_dir, corpus, out),
+           "-m", "llara.scripts.pretrain", *_common(tiny_llara_dir, corpus, out),
            "--max_steps", "3", "--per_device_train_batch_size", "2", "--ddp_backend", "gloo", "--save_strategy", "no"]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -249,7 +249,7 @@ def test_torchrun_two_processes_gloo(tiny_llara_dir, tmp_path):
 def test_a_command_closes_its_process_group(tmp_path, monkeypatch, fails):
     import torch.distributed as dist
 
-    from trainers.cli_boundary import run_verb
+    from llara.cli_boundary import run_verb
 
     # Given a command running inside a gloo process group, as every rank does under torchrun (one rank here)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

@@ -148,7 +148,7 @@ def test_bad_folder_and_repo_id_are_refused(export_dir, tmp_path, online):
 
 
 def test_cli_reports_a_clear_error(export_dir, online, capsys):
-    from trainers.scripts.push import main
+    from llara.scripts.push import main
 
     assert main(["--dir", str(export_dir), "--repo", "test-org/tiny"]) == 1
     assert "llara push: error: no Hugging Face token" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Sharded `llara pretrain` and `llara finetune` runs end with the same weights as a plain run of the same steps.
 
-Each run is the real command (``torchrun -m trainers.scripts.pretrain`` or ``.finetune``, one process), on the
+Each run is the real command (``torchrun -m llara.scripts.pretrain`` or ``.finetune``, one process), on the
 same tiny model, data and seed, with plain SGD so that a difference in the gradients shows up in the weights:
 
 * DeepSpeed ZeRO-3 with the shipped ``recipes/deepspeed_zero3.json``: every weight, the LM head included, is a
@@ -78,10 +78,10 @@ def _command(model_dir: Path, workdir: Path, name: str, device: str, sharding: s
     processes = "2" if name.endswith("_2proc") else "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", processes, "--master_port", str(_free_port())]
     if name.startswith("ft_"):
-        cmd += ["-m", "trainers.scripts.finetune", *common, "--train_data", str(workdir / "contrastive.jsonl"),
+        cmd += ["-m", "llara.scripts.finetune", *common, "--train_data", str(workdir / "contrastive.jsonl"),
                 "--group_size", "2", "--learning_rate", "0.05", "--warmup_steps", "0", "--use_lora", str(lora).lower()]
     else:
-        cmd += ["-m", "trainers.scripts.pretrain", *common, "--train_files", str(workdir / "corpus.txt"),
+        cmd += ["-m", "llara.scripts.pretrain", *common, "--train_files", str(workdir / "corpus.txt"),
                 "--max_length", "190", "--chunk_tokens", "200", "--learning_rate", "0.5", "--loss_mode", "reference"]
     if device == "cpu":
         cmd += ["--use_cpu", "true"]

@@ -1,4 +1,4 @@
-"""The error boundary and quiet logging of the ``llara`` command (and of ``python -m trainers.scripts.<verb>``).
+"""The error boundary and quiet logging of the ``llara`` command (and of ``python -m llara.scripts.<verb>``).
 
 A user error (bad flag, missing file, malformed input) becomes one line on stderr,
 ``llara <verb>: error: <what and where>``, and a non-zero exit status: 2 for usage errors, 1 otherwise.
@@ -27,7 +27,7 @@ ERROR_EXIT = 1
 INTERRUPT_EXIT = 130
 
 # Packages whose own errors (any class defined there) are user-facing validation errors.
-_OUR_PACKAGES = ("trainers", "hub_card", "modeling_llara")
+_OUR_PACKAGES = ("llara", "trainers", "hub_card", "modeling_llara")
 _OUR_DIRS = tuple(str(Path(__file__).resolve().parent.parent / name) + os.sep for name in _OUR_PACKAGES)
 
 
@@ -221,7 +221,7 @@ def close_process_group(wait: bool = True) -> None:
 
 
 def script_entry(verb: str, main: Callable[[list[str] | None], int | None]) -> None:
-    """``if __name__ == "__main__": script_entry("index", main)``: ``python -m trainers.scripts.<verb>`` gets
+    """``if __name__ == "__main__": script_entry("index", main)``: ``python -m llara.scripts.<verb>`` gets
     the same boundary as ``llara <verb>`` (LLARA_DEBUG=1 for tracebacks)."""
     sys.exit(run_verb(verb, main, sys.argv[1:]))
 

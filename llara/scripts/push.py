@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
     from hub_card.push import PushError, push_folder
-    from trainers.cli_boundary import describe
+    from llara.cli_boundary import describe
 
     try:
         url = push_folder(
@@ -49,6 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("push", main)

@@ -7,7 +7,7 @@ Every option of :class:`~trainers.finetuning.trainer.LlaraFinetuneConfig` (a
     llara finetune --config recipes/finetune_smollm2_cpu.yaml --model_name_or_path DIR --train_data mined.jsonl
 
 ``--resume_from_checkpoint last`` resumes from the last checkpoint in ``--output_dir`` (or give a folder).
-Distributed runs: ``torchrun --nproc_per_node N -m trainers.scripts.finetune ...``.
+Distributed runs: ``torchrun --nproc_per_node N -m llara.scripts.finetune ...``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("finetune", main)

@@ -1,8 +1,8 @@
-"""The ``llara`` command: one sub-command per job, each a thin ``main(argv)`` in ``trainers/scripts``.
+"""The ``llara`` command: one sub-command per job, each a thin ``main(argv)`` in ``llara/scripts``.
 
 Heavy imports (torch, transformers, faiss, ...) happen inside each script's ``main`` so that
 ``llara --help`` answers instantly. Every sub-command runs inside one error boundary
-(:mod:`trainers.cli_boundary`): a user error is one line ``llara <verb>: error: ...`` on stderr, exit status 2
+(:mod:`llara.cli_boundary`): a user error is one line ``llara <verb>: error: ...`` on stderr, exit status 2
 for usage errors and 1 otherwise; ``llara --debug <verb> ...`` (or ``LLARA_DEBUG=1``) shows the traceback.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-# sub-command -> (module under trainers.scripts, one-line summary)
+# sub-command -> (module under llara.scripts, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("init", "Turn a decoder causal LM (folder, Hub id or GGUF) into a LLaRA model folder."),
     "demo": ("demo", "Build a LLaRA model from the embedded SmolLM2 and search a small real corpus."),
@@ -50,7 +50,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.cli_boundary import USAGE_EXIT, debug_requested, run_verb
+    from llara.cli_boundary import USAGE_EXIT, debug_requested, run_verb
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested()
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; commands: {', '.join(COMMANDS)}" if not name.startswith("-") else "; options go after the command"
         print(f"llara: error: unknown command {name!r}{hint}", file=sys.stderr)
         return USAGE_EXIT
-    module = importlib.import_module(f"trainers.scripts.{COMMANDS[name][0]}")
+    module = importlib.import_module(f"llara.scripts.{COMMANDS[name][0]}")
     return run_verb(name, module.main, rest, debug=debug)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.cli import command_parser
+from llara.cli import command_parser
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         set_search_params,
     )
 
-    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    # Errors reach the CLI boundary (llara.cli_boundary): one line, exit status 1.
     queries = load_queries(args.queries)
     loaded = load_index(args.index, mmap=args.mmap)
     set_search_params(loaded.index, nprobe=args.nprobe, ef_search=args.ef_search)
@@ -81,6 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("search", main)

@@ -17,8 +17,8 @@ import argparse
 import logging
 import re
 
-from trainers.cli import command_parser
-from trainers.scripts.index import add_index_spec_args, index_spec_from_args
+from llara.cli import command_parser
+from llara.scripts.index import add_index_spec_args, index_spec_from_args
 
 
 def _slug(text: str) -> str:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.retrieval.beir import load_beir, load_qrels, qrels_path
     from trainers.retrieval.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
 
-    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    # Errors reach the CLI boundary (llara.cli_boundary): one line, exit status 1.
     spec = index_spec_from_args(args)
     rows, records = [], []
     if args.run:
@@ -132,6 +132,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("evaluate", main)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from trainers.cli import command_parser
+from llara.cli import command_parser
 from trainers.retrieval.faiss_index import INDEX_TYPES
 
 logger = logging.getLogger("llara.index")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if is_bm25(args.model):
         parser.error("bm25 has no dense index; use `llara evaluate --model bm25` instead")
-    # Errors reach the CLI boundary (trainers.cli_boundary): one line, exit status 1.
+    # Errors reach the CLI boundary (llara.cli_boundary): one line, exit status 1.
     spec = index_spec_from_args(args)
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
@@ -125,6 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("index", main)

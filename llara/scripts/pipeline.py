@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.pipeline import PipelineConfig
+from llara.pipeline import PipelineConfig
 
 STEPS = 9
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     import time
 
-    from trainers import pipeline as p
+    from llara import pipeline as p
     from trainers.io import atomic_write_json, atomic_write_text
 
     cfg = PipelineConfig(
@@ -135,6 +135,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("pipeline", main)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
     from hub_card.export import export_model
-    from trainers.cli_boundary import describe
+    from llara.cli_boundary import describe
 
     try:
         out = export_model(
@@ -77,6 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("export", main)

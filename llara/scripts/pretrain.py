@@ -5,7 +5,7 @@ passed with ``--config recipe.yaml`` supplies defaults that flags on the command
 
     llara pretrain --config recipes/pretrain_smollm2.yaml --max_steps 20 --output_dir runs/try
 
-Distributed runs go through torchrun (``torchrun --nproc_per_node 8 -m trainers.scripts.pretrain ...``),
+Distributed runs go through torchrun (``torchrun --nproc_per_node 8 -m llara.scripts.pretrain ...``),
 with DeepSpeed or FSDP set through the usual TrainingArguments (``--deepspeed``, ``--fsdp``).
 """
 
@@ -45,6 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("pretrain", main)

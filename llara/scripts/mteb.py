@@ -129,6 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.cli_boundary import script_entry
+    from llara.cli_boundary import script_entry
 
     script_entry("mteb", main)
