@@ -27,5 +27,5 @@ setup(
         # source-only: install after torch with --no-build-isolation (see the Makefile)
         "deepspeed": ["deepspeed==0.19.8"],
     },
-    entry_points={"console_scripts": ["llara=llara.cli:main"]},
+    entry_points={"console_scripts": ["llara=llara.cli:console_main"]},
 )

@@ -1,7 +1,5 @@
 """``python -m llara <command> ...`` is the ``llara`` command."""
 
-import sys
+from llara.cli import console_main
 
-from llara.cli import main
-
-sys.exit(main())
+console_main()

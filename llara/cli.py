@@ -70,5 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_verb(name, module.main, rest, debug=debug)
 
 
+def console_main() -> None:
+    """The ``llara`` console script and ``python -m llara``: ``main`` and a clean exit (also under torchrun)."""
+    from llara.cli_boundary import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

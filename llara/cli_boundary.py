@@ -25,6 +25,8 @@ DEBUG_ENV = "LLARA_DEBUG"
 USAGE_EXIT = 2
 ERROR_EXIT = 1
 INTERRUPT_EXIT = 130
+# Set when this process closed a torch.distributed process group (see exit_process).
+_ran_distributed = False
 
 # Packages whose own errors (any class defined there) are user-facing validation errors.
 _OUR_PACKAGES = ("llara", "trainers", "hub_card", "modeling_llara")
@@ -209,9 +211,11 @@ def close_process_group(wait: bool = True) -> None:
     a failure, ``wait=False`` skips the barrier (the other ranks may be gone) and only destroys the group.
     A process that never imported ``torch.distributed`` has nothing to close.
     """
+    global _ran_distributed
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return
+    _ran_distributed = True
     try:
         if wait:
             dist.barrier()
@@ -220,10 +224,30 @@ def close_process_group(wait: bool = True) -> None:
         logging.getLogger(__name__).warning("could not close the distributed process group: %s", describe(error))
 
 
+def exit_process(status: int) -> None:
+    """Leave the process with ``status``; after a distributed run, without the interpreter's shutdown.
+
+    Destroying the process group is not enough on every backend: a rank can still abort in the interpreter's
+    shutdown ("terminate called without an active exception", SIGABRT, seen with DeepSpeed ZeRO-3 on gloo) when
+    a C++ object that owns a joinable thread is destroyed there, and torchrun then reports the whole run as failed
+    although every rank finished its work. Everything a command writes is complete (and written atomically) when
+    it returns, so after a distributed run the process flushes its streams and logs and exits at once.
+    A process that ran no process group exits normally.
+    """
+    if not _ran_distributed:
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def script_entry(verb: str, main: Callable[[list[str] | None], int | None]) -> None:
     """``if __name__ == "__main__": script_entry("index", main)``: ``python -m llara.scripts.<verb>`` gets
     the same boundary as ``llara <verb>`` (LLARA_DEBUG=1 for tracebacks)."""
-    sys.exit(run_verb(verb, main, sys.argv[1:]))
+    exit_process(run_verb(verb, main, sys.argv[1:]))
 
 
-__all__ = ["UsageError", "close_process_group", "configure_logging", "describe", "is_user_error", "run_verb", "script_entry"]
+__all__ = ["UsageError", "close_process_group", "configure_logging", "describe", "exit_process", "is_user_error", "run_verb",
+           "script_entry"]
