@@ -9,7 +9,9 @@ are left out of the mean.
 Two named modes combine the terms:
 
 * ``reference`` (the released code): ``L = L_lm + (L_ebae / 10 + L_ebar / 10) / 2``, i.e. weights
-  ``lm=1, ebae=ebar=0.05``, where ``L_lm`` is the ordinary next-token loss on the input text;
+  ``lm=1, ebae=ebar=0.05``, where ``L_lm`` is the ordinary next-token loss on the input text. The released code
+  averages the bag-of-words terms that are present and uses one alone otherwise, so a run with only one of them
+  (the other's weight set to 0) gives it ``1/10``: ``L = L_lm + L_ebae / 10``;
 * ``paper`` (arXiv 2312.15503, eq. of the training objective): ``L = L_ebae + L_ebar``.
 """
 
@@ -26,6 +28,8 @@ LOSS_MODES = ("reference", "paper")
 # (lm, ebae, ebar) weights of each mode. Reference: the released code divides each bag-of-words loss by
 # 10 and averages the two, on top of the unit-weight LM loss.
 MODE_WEIGHTS = {"reference": (1.0, 0.05, 0.05), "paper": (0.0, 1.0, 1.0)}
+# The released code's scale of one bag-of-words loss (divided by 10) before the present terms are averaged.
+REFERENCE_BOW_SCALE = 0.1
 
 
 def target_multi_hot(target_ids: torch.Tensor, vocab_size: int, ignore_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,6 +112,11 @@ class EbaeEbarLoss:
         if self.mode not in LOSS_MODES:
             raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {self.mode!r}")
         defaults = MODE_WEIGHTS[self.mode]
+        if self.mode == "reference" and (self.ebae_weight == 0) != (self.ebar_weight == 0):
+            # One bag-of-words term switched off, the other left to the mode: the released code uses the term alone,
+            # not half of it (it averages only the terms that are present).
+            alone = REFERENCE_BOW_SCALE
+            defaults = (defaults[0], 0.0 if self.ebae_weight == 0 else alone, 0.0 if self.ebar_weight == 0 else alone)
         self.lm_weight = defaults[0] if self.lm_weight is None else float(self.lm_weight)
         self.ebae_weight = defaults[1] if self.ebae_weight is None else float(self.ebae_weight)
         self.ebar_weight = defaults[2] if self.ebar_weight is None else float(self.ebar_weight)
@@ -144,4 +153,4 @@ class EbaeEbarLoss:
         return total, parts
 
 
-__all__ = ["EbaeEbarLoss", "IGNORE_INDEX", "LOSS_MODES", "MODE_WEIGHTS", "bow_loss_from_logits", "target_multi_hot"]
+__all__ = ["EbaeEbarLoss", "IGNORE_INDEX", "LOSS_MODES", "MODE_WEIGHTS", "REFERENCE_BOW_SCALE", "bow_loss_from_logits", "target_multi_hot"]
