@@ -98,6 +98,46 @@ def paired_permutation_test(x, y, permutations: int = 10000, seed: int = 0) -> d
             "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
 
 
+def seed_level_tests(x_by_seed, y_by_seed, boots: int = 10000, seed: int = 0) -> dict:
+    """Tests that treat a training run (seed) as the unit, next to the query-level sign-flip test.
+
+    ``x_by_seed`` / ``y_by_seed``: (seeds, queries) per-query scores of the same seeds (row s of each is seed s; a
+    reference model that does not train repeats one row). Two tests:
+
+    * ``sign_flip_seeds``: exact two-sided sign-flip test over the per-seed mean differences (all 2^n sign patterns).
+      Its p-value cannot go below 2 / 2^n (n seeds): 0.25 with 3 seeds, 0.0625 with 5.
+    * ``bootstrap``: two-level bootstrap, seeds resampled with replacement, then queries; the mean difference of each
+      resample gives a 95% interval and a two-sided p-value ``2 * min(P(diff <= 0), P(diff >= 0))``, floor ``2 / (boots + 1)``.
+    """
+    import itertools
+
+    import numpy as np
+
+    diff = np.asarray(x_by_seed, dtype=np.float64) - np.asarray(y_by_seed, dtype=np.float64)  # (seeds, queries)
+    if diff.ndim != 2 or diff.shape[0] < 1 or diff.shape[1] < 1:
+        raise ValueError(f"seed_level_tests needs (seeds, queries) scores, got shape {diff.shape}")
+    n_seeds, n_queries = diff.shape
+    per_seed = diff.mean(axis=1)  # (seeds,)
+    observed = abs(per_seed.mean())
+    patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=n_seeds)))  # (2^n, seeds)
+    null = np.abs((patterns * per_seed).mean(axis=1))
+    sign_p = float((null >= observed - 1e-12).mean())
+    rng = np.random.default_rng(seed)
+    seed_rows = rng.integers(0, n_seeds, size=(boots, n_seeds))  # (boots, seeds)
+    means = np.empty(boots)
+    for b in range(boots):
+        queries = rng.integers(0, n_queries, size=n_queries)
+        means[b] = diff[np.ix_(seed_rows[b], queries)].mean()
+    below, above = (1 + int((means <= 0).sum())) / (boots + 1), (1 + int((means >= 0).sum())) / (boots + 1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "mean_diff": float(per_seed.mean()),
+        "sign_flip_seeds": {"p_value": sign_p, "p_floor": 2.0 / 2**n_seeds, "seeds": n_seeds},
+        "bootstrap": {"p_value": min(1.0, 2 * min(below, above)), "p_floor": 2.0 / (boots + 1), "boots": boots,
+                      "ci95": [float(low), float(high)]},
+    }
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
@@ -445,7 +485,9 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
         queries = sorted(px)
         test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
         diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in over}
-        return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs)}
+        by_seed = [[[r[s]["per_query"][q]["ndcg@10"] for q in queries] for s in over] for r in (rx, ry)]
+        return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs),
+                "seed_level": seed_level_tests(*by_seed, boots=args.permutations)}
 
     summary, tests, grids, md = {}, {}, {}, []
     titles = {v.key: v.title for v in variants}
@@ -468,8 +510,6 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
             return x in rows and y in rows and bool(shared_seeds(results_of(domain, x), results_of(domain, y)))
 
         primary = [compare(domain, x, y) for x, y in PRIMARY if ready(x, y)]
-        for t, adj in zip(primary, holm([t["p_value"] for t in primary])):
-            t["p_holm"] = adj
         secondary = [compare(domain, x, y) for x, y in SECONDARY if ready(x, y)]
         paper = {k: r for k, r in rows.items() if r["group"] == "paper-grid"}
         if paper:
@@ -481,6 +521,18 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
         missing = [f"{x} vs {y}" for x, y in PRIMARY if not ready(x, y)]
         tests[domain] = {"primary": primary, "secondary": secondary, "primary_missing": missing}
 
+    # Holm over the family actually reported: the primary comparisons of both domains together, for each test.
+    family = [t for domain in DOMAINS if domain in tests for t in tests[domain]["primary"]]
+    for key, p_of in (("p_holm", lambda t: t["p_value"]),
+                      ("p_holm_seeds", lambda t: t["seed_level"]["sign_flip_seeds"]["p_value"]),
+                      ("p_holm_bootstrap", lambda t: t["seed_level"]["bootstrap"]["p_value"])):
+        for t, adj in zip(family, holm([p_of(t) for t in family])):
+            t[key] = adj
+    for domain in DOMAINS:
+        if domain not in tests:
+            continue
+        rows, primary, secondary = summary[domain], tests[domain]["primary"], tests[domain]["secondary"]
+        missing = tests[domain]["primary_missing"]
         md += [f"### {DOMAIN_TITLES[domain]}", "",
                "| model | runs | nDCG@10 (mean ± std over seeds) | MRR@10 | Recall@100 | nDCG@10 per seed |",
                "|---|---|---|---|---|---|"]
@@ -488,14 +540,21 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
             per_seed = ", ".join(f"{v:.4f}" for v in r["per_seed_ndcg@10"].values()) or "-"
             f = r["formatted"]
             md.append(f"| {r['title']} | {r['runs']} | {f['ndcg@10']} | {f['mrr@10']} | {f['recall@100']} | {per_seed} |")
-        md += ["", f"| comparison (per-query nDCG@10, seed-averaged) | mean diff | p | p (Holm, {len(primary)} primary) "
+        md += ["", f"| comparison (per-query nDCG@10, seed-averaged) | mean diff | p queries | p queries (Holm, "
+               f"{len(family)} primary, both domains) | p seeds, bootstrap (Holm) | p seeds, sign flip (Holm) "
                "| wins / losses | per-seed diff | seeds |",
-               "|---|---|---|---|---|---|---|"]
+               "|---|---|---|---|---|---|---|---|---|"]
+
+        def with_holm(p: float, t: dict, key: str) -> str:
+            return f"{p:.4f}" + (f" ({t[key]:.4f})" if key in t else "")
+
         for t in primary + secondary:
-            sc = t["seed_check"]
+            sc, sl = t["seed_check"], t["seed_level"]
             per_seed = ", ".join(f"{d:+.4f}" for d in sc["per_seed_diff"].values())
             holm_p = f"{t['p_holm']:.4f}" if "p_holm" in t else "-"
             md.append(f"| {titles[t['x']]} vs {titles[t['y']]} | {t['mean_diff']:+.4f} | {t['p_value']:.4f} | {holm_p} "
+                      f"| {with_holm(sl['bootstrap']['p_value'], t, 'p_holm_bootstrap')} "
+                      f"| {with_holm(sl['sign_flip_seeds']['p_value'], t, 'p_holm_seeds')} "
                       f"| {t['wins']} / {t['losses']} | {per_seed} | {sc['verdict']} |")
         partial = [t for t in primary + secondary if len(t["seeds_compared"]) < len(seeds)]
         if partial:
@@ -511,6 +570,10 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
                    + ", ".join(f"{titles[k]} {v:.4f}" for k, v in g["lrs"].items())
                    + f"; best {titles[g['best']]} ({g['note']})"]
         md.append("")
+    n_seeds = len(seeds)
+    md += [f"p-value floors: queries (sign flips) 1/{args.permutations + 1}; seeds, bootstrap (seeds, then queries, "
+           f"resampled) 2/{args.permutations + 1}; seeds, exact sign flip over {n_seeds} per-seed means "
+           f"2/2^{n_seeds} = {2 / 2 ** n_seeds:.4f}.", ""]
     header = (f"## LLaRA paper comparison, {args.budget_label}: stage-1 {args.pretrain_steps_run} steps, stage-2 "
               f"{args.finetune_steps_run} steps, seeds {seeds}, data seed {args.data_seed}, {args.permutations} sign flips")
     markdown = "\n".join([header, ""] + md)

@@ -170,14 +170,16 @@ def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
         tests = report["tests"][domain]
         assert [(t["x"], t["y"]) for t in tests["primary"]] == [("b", "a"), ("d", "c")]
         assert tests["primary_missing"] == ["b vs b-lm", "d vs d-lm"]
-        # Holm over the two that ran
-        assert [t["p_holm"] for t in tests["primary"]] == pc.holm([t["p_value"] for t in tests["primary"]])
         assert "b-lm" not in report["summary"][domain] and report["summary"][domain]["d"]["runs"] == 1
+    # Holm over the comparisons that ran, both domains in one family, for the query- and the seed-level tests
+    family = [t for domain in pc.DOMAINS for t in report["tests"][domain]["primary"]]
+    assert [t["p_holm"] for t in family] == pc.holm([t["p_value"] for t in family])
+    assert [t["p_holm_seeds"] for t in family] == pc.holm([t["seed_level"]["sign_flip_seeds"]["p_value"] for t in family])
     assert "Not available yet (a variant has no results): b vs b-lm, d vs d-lm" in report["markdown"]
-    assert "p (Holm, 2 primary)" in report["markdown"]
+    assert "p queries (Holm, 4 primary, both domains)" in report["markdown"]
     full = _fake_summary("--no-ablations")
     assert all(full["tests"][d]["primary_missing"] == [] for d in pc.DOMAINS)
-    assert "Not available yet" not in full["markdown"] and "p (Holm, 4 primary)" in full["markdown"]
+    assert "Not available yet" not in full["markdown"] and "p queries (Holm, 8 primary, both domains)" in full["markdown"]
 
 
 def _load_compare_reruns():
@@ -368,3 +370,26 @@ def test_groups_trains_only_the_named_groups_and_still_reports_the_others(tmp_pa
 def test_groups_of_a_disabled_group_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--groups ablation: no variant of that group"):
         _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--groups", "ablation"])
+
+
+def test_seed_level_tests_floor_and_direction():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 1, size=(5, 60))
+    # Given a shift that every seed shares
+    shifted = pc.seed_level_tests(y + 0.1, y, boots=2000)
+    # Then the exact sign flip over 5 seeds sits at its floor 2/2^5 and the bootstrap is far below it
+    assert shifted["sign_flip_seeds"]["p_value"] == shifted["sign_flip_seeds"]["p_floor"] == 2 / 32
+    assert shifted["bootstrap"]["p_value"] < 0.01 and shifted["bootstrap"]["ci95"][0] > 0
+    assert abs(shifted["mean_diff"] - 0.1) < 1e-12
+    # Given identical runs, or a gain that only one seed of five shows
+    same = pc.seed_level_tests(y, y.copy(), boots=2000)
+    one_seed = y.copy()
+    one_seed[0] += 0.3
+    lucky = pc.seed_level_tests(one_seed, y, boots=2000)
+    # Then nothing is significant: a seed-level test does not count the queries of one lucky run as evidence
+    assert same["sign_flip_seeds"]["p_value"] == 1.0 and same["bootstrap"]["p_value"] == 1.0
+    assert lucky["sign_flip_seeds"]["p_value"] > 0.05 and lucky["bootstrap"]["p_value"] > 0.05
+    query_level = pc.paired_permutation_test(one_seed.mean(0), y.mean(0), permutations=2000)
+    assert query_level["p_value"] < 0.01  # ... which the query-level test on seed-averaged scores does
