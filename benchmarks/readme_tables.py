@@ -1,10 +1,12 @@
-"""Regenerate the README's result tables from committed result files, so that no number is typed by hand.
+"""Regenerate the result tables of README.md and docs/benchmarks.md from committed result files, so that no
+number is typed by hand.
 
-Each table sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers in README.md and is
-rendered from one JSON file under ``benchmarks/results/``::
+Each table sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers and is rendered from one file
+under ``benchmarks/results/``; :data:`TARGETS` lists every (document, block, renderer)::
 
-    python benchmarks/readme_tables.py            # rewrite the tables in README.md
-    python benchmarks/readme_tables.py --check    # exit 1 if a table differs from its result file
+    python benchmarks/readme_tables.py            # rewrite the tables in README.md and docs/benchmarks.md
+    python benchmarks/readme_tables.py --check    # exit 1 if a table differs from its result file, a listed
+                                                  # block is missing or a document holds a block not listed
 
 ``benchmarks/results/pipeline_main_job.json`` is a committed copy of a ``make run``'s ``outputs/pipeline/results.json``
 (the ``main-job`` table); ``benchmarks/paper_comparison.py`` writes the files of the comparison tables.
@@ -16,11 +18,14 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"
 
 # Labels of the pipeline's result records, as the README names them.
 MAIN_JOB_ROWS = {
@@ -31,6 +36,17 @@ MAIN_JOB_ROWS = {
     "all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
 }
 METRICS = (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "Recall@100"), ("map", "MAP"))
+
+# The comparison's answer in the README: which start of fine-tuning is best, next to the two references.
+ANSWER_ROWS = (
+    ("bm25", "BM25"),
+    ("minilm", "all-MiniLM-L6-v2"),
+    ("c", "(c) fine-tuning only"),
+    ("d-lm", "(d-lm) LM-only stage 1 + fine-tuning"),
+    ("d", "(d) LLaRA stage 1 + fine-tuning"),
+)
+ANSWER_TESTS = (("d", "c"), ("d", "d-lm"))
+DOMAINS = (("debian", "held-out Debian"), ("pydocs", "Python docstrings (zero-shot)"))
 
 
 def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
@@ -57,10 +73,49 @@ def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
     return "\n".join(lines)
 
 
+def comparison_answer_table(path: Path) -> str:
+    """The comparison's answer from a ``paper_comparison.json``: nDCG@10 of the fine-tuned variants and the two
+    references on both domains (mean ± std over seeds), then (d) against (c) and (d-lm) with their query-level
+    p-values (paired sign-flip test on seed-averaged per-query nDCG@10; Holm over the report's primary comparisons).
+    """
+    report = json.loads(path.read_text(encoding="utf-8"))
+    settings, summary = report["settings"], report["summary"]
+    seeds = ", ".join(str(seed) for seed in settings["seeds"])
+    lines = [
+        f"nDCG@10, mean ± std over seeds {seeds}, at {settings['budget_scale']:g}x the main job's budget "
+        f"({settings['pretrain_steps_run']} stage-1 steps, {settings['finetune_steps_run']} fine-tuning steps); "
+        f"Debian {settings['test_queries']} queries / {settings['test_corpus']} documents, docstrings "
+        f"{settings['pydocs_queries']} / {settings['pydocs_corpus']}; p: paired sign-flip test over queries "
+        f"({settings['permutations']} flips), Holm-adjusted over the report's primary comparisons.",
+        "",
+        "| model | " + " | ".join(title for _, title in DOMAINS) + " |",
+        "|---" * (len(DOMAINS) + 1) + "|",
+    ]
+    for key, name in ANSWER_ROWS:
+        cells = []
+        for domain, _ in DOMAINS:
+            row = summary[domain][key]
+            std = row["ndcg@10_std"]
+            cells.append(f"{row['ndcg@10']:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for x, y in ANSWER_TESTS:
+        cells = []
+        for domain, _ in DOMAINS:
+            (test,) = [t for t in report["tests"][domain]["primary"] if (t["x"], t["y"]) == (x, y)]
+            check = test["seed_check"]
+            cells.append(
+                f"{test['mean_diff']:+.4f}; p {test['p_value']:.4f}, Holm {test['p_holm']:.4f}; "
+                f"{test['wins']} queries better / {test['losses']} worse; "
+                f"positive in {check['positive']} of {check['seeds']} seeds"
+            )
+        lines.append(f"| ({x}) minus ({y}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def comparison_table(path: Path) -> str:
     """A table written by ``benchmarks/paper_comparison.py`` (its markdown file, next to its JSON).
 
-    Its headings are nested under the README's own: the title becomes a bold line, the per-domain ``###``
+    Its headings are nested under the document's own: the title becomes a bold line, the per-domain ``###``
     headings become ``####``.
     """
     lines = path.read_text(encoding="utf-8").strip().split("\n")
@@ -74,18 +129,28 @@ def comparison_table(path: Path) -> str:
     return "\n".join(out)
 
 
-def tables() -> dict[str, str]:
-    out = {"main-job": main_job_table()}
-    for path in sorted(RESULTS.glob("paper_comparison*/paper_comparison*.md")):
-        out[f"{path.parent.name}/{path.stem}"] = comparison_table(path)
-    budgets = RESULTS / "paper_comparison_budgets.md"  # a copy of the comparison's <out>/budgets.md
-    if budgets.is_file():
-        out[budgets.stem] = comparison_table(budgets)
-    return out
+def _comparison_block(folder: str) -> tuple[Path, str, Callable[[], str]]:
+    return (BENCHMARKS_DOC, f"{folder}/paper_comparison",
+            partial(comparison_table, RESULTS / folder / "paper_comparison.md"))
 
 
-def render(readme: str, rendered: dict[str, str]) -> str:
-    """``readme`` with every marked block replaced by its rendering; unknown markers are left as they are."""
+# Every generated block: the document it sits in, its marker name, and the function that renders it.
+TARGETS: tuple[tuple[Path, str, Callable[[], str]], ...] = (
+    (README, "main-job", main_job_table),
+    (README, "comparison-answer",
+     partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x" / "paper_comparison.json")),
+    _comparison_block("paper_comparison_budget5x"),
+    _comparison_block("paper_comparison_budget1x-rerun"),
+    _comparison_block("paper_comparison_budget1x"),
+    # a copy of the comparison's <out>/budgets.md: every variant under each budget, side by side
+    (BENCHMARKS_DOC, "paper_comparison_budgets", partial(comparison_table, RESULTS / "paper_comparison_budgets.md")),
+)
+
+_BLOCK = re.compile(r"<!-- BEGIN (\S+) -->\n(?:.*?\n)?<!-- END \1 -->", flags=re.S)
+
+
+def render(text: str, rendered: dict[str, str]) -> str:
+    """``text`` with every marked block replaced by its rendering; unknown markers are left as they are."""
 
     def replace(match: re.Match) -> str:
         name = match.group(1)
@@ -93,29 +158,65 @@ def render(readme: str, rendered: dict[str, str]) -> str:
             return match.group(0)
         return f"<!-- BEGIN {name} -->\n{rendered[name]}\n<!-- END {name} -->"
 
-    return re.sub(r"<!-- BEGIN (\S+) -->\n(?:.*?\n)?<!-- END \1 -->", replace, readme, flags=re.S)
+    return _BLOCK.sub(replace, text)
+
+
+def block_names(text: str) -> list[str]:
+    """Names of the marked blocks in ``text``, in order."""
+    return [match.group(1) for match in _BLOCK.finditer(text)]
+
+
+def documents(targets=TARGETS) -> dict[Path, dict[str, Callable[[], str]]]:
+    """The renderers of each document's blocks, by document; README.md and every docs/*.md page are included
+    (with no blocks to render when none is listed), so that a block nothing generates cannot hide there."""
+    out: dict[Path, dict[str, Callable[[], str]]] = {path: {} for path in (README, *sorted((ROOT / "docs").glob("*.md")))}
+    for path, name, renderer in targets:
+        out.setdefault(path, {})[name] = renderer
+    return out
+
+
+def check_blocks(text: str, expected: dict[str, Callable[[], str]]) -> list[str]:
+    """What is wrong with one document's blocks: listed blocks it lacks, blocks nothing renders, stale tables."""
+    names = block_names(text)
+    problems = [f"block {name!r} is missing" for name in expected if name not in names]
+    problems += [f"block {name!r} is not generated by benchmarks/readme_tables.py" for name in names if name not in expected]
+    problems += [f"block {name!r} is listed twice" for name in set(names) if names.count(name) > 1]
+    if not problems and render(text, {name: renderer() for name, renderer in expected.items()}) != text:
+        problems.append("a table differs from its result file: run python benchmarks/readme_tables.py")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 when a README table differs from its result file")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a table differs from its result file or the blocks differ from TARGETS")
     args = parser.parse_args(argv)
-    current = README.read_text(encoding="utf-8")
-    updated = render(current, tables())
-    if args.check:
+    failed = False
+    for path, expected in documents().items():
+        where = path.relative_to(ROOT)
+        current = path.read_text(encoding="utf-8")
+        if args.check:
+            for problem in check_blocks(current, expected):
+                print(f"{where}: {problem}", file=sys.stderr)
+                failed = True
+            continue
+        if not expected:
+            continue
+        updated = render(current, {name: renderer() for name, renderer in expected.items()})
         if updated != current:
-            print("README.md tables differ from benchmarks/results: run python benchmarks/readme_tables.py", file=sys.stderr)
-            return 1
-        print("README.md tables match benchmarks/results")
-        return 0
-    if updated != current:
-        from trainers.io import atomic_write_text
+            from trainers.io import atomic_write_text
 
-        atomic_write_text(README, updated)
-        print("README.md tables regenerated")
-    else:
-        print("README.md tables already up to date")
-    return 0
+            atomic_write_text(path, updated)
+            print(f"{where}: tables regenerated")
+        else:
+            print(f"{where}: tables already up to date")
+        missing = [name for name in expected if name not in block_names(updated)]
+        if missing:
+            print(f"{where}: no markers for {', '.join(missing)}", file=sys.stderr)
+            failed = True
+    if args.check and not failed:
+        print("tables match benchmarks/results")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
