@@ -8,7 +8,10 @@ Examples::
         --nlist 4096 --pq-m 64 --nprobe 32 --keep-embeddings
 
 An interrupted run resumes from its finished shards in ``<out>.partial/`` when started again with
-the same arguments.
+the same arguments. Several processes (one per GPU) encode the shards together under a launcher; rank 0
+builds the index, identical to a one-process build::
+
+    torchrun --nproc_per_node 4 -m llara.scripts.index --model runs/llara --corpus corpus.jsonl --out idx
 """
 
 from __future__ import annotations
@@ -89,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from trainers.retrieval.beir import load_corpus, passage_text
-    from trainers.retrieval.corpus_index import build_corpus_index
-    from trainers.retrieval.encoding import document_encoder, load_encoder, model_identity
+    from trainers.retrieval.beir import scan_corpus
+    from trainers.retrieval.corpus_index import index_corpus_file
+    from trainers.retrieval.encoding import distributed_context, document_encoder, load_encoder, model_identity
     from trainers.retrieval.evaluation import is_bm25
 
     if is_bm25(args.model):
@@ -100,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = index_spec_from_args(args)
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
-    corpus = load_corpus(args.corpus)
-    ids = list(corpus)
-    texts = [passage_text(doc["title"], doc["text"]) for doc in corpus.values()]
-    model = load_encoder(args.model, device=args.device, dtype=args.dtype)
-    out = build_corpus_index(
+    # Under torchrun / accelerate launch every rank encodes its share of the shards; rank 0 builds the index.
+    context = distributed_context()
+    corpus = scan_corpus(args.corpus, show_progress=not args.no_progress and context.is_main)  # a stream: no texts kept
+    device = args.device or (context.device if context.world_size > 1 else None)
+    model = load_encoder(args.model, device=device, dtype=args.dtype)
+    out = index_corpus_file(
         document_encoder(model, args.batch_size),
-        ids,
-        texts,
+        corpus,
         args.out,
         model_id=f"{model_identity(args.model)}|dtype={args.dtype}",  # bf16 and fp32 shards must not mix
         spec=spec,
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_meta={"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
                     "corpus": str(Path(args.corpus).resolve())},
     )
-    print(f"wrote {len(ids)} vectors ({spec.index_type}) to {out}")
+    if out is not None:
+        print(f"wrote {len(corpus)} vectors ({spec.index_type}) to {out}")
     return 0
 
 

@@ -14,10 +14,19 @@ with counts.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
 import os
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from trainers.io import iter_jsonl
 
@@ -65,8 +74,20 @@ def _string_field(record: dict, key: str, path: Path, line_number: int, *, requi
     return value
 
 
+def _corpus_fields(record: dict, path: Path, line_number: int) -> tuple[str, str, str]:
+    """``(doc_id, title, text)`` of one corpus.jsonl record, validated."""
+    doc_id = _string_field(record, "_id", path, line_number, required=True)
+    if not doc_id:
+        raise BeirFormatError(f"{path}:{line_number}: empty '_id'")
+    text = _string_field(record, "text", path, line_number, required=True)
+    title = _string_field(record, "title", path, line_number, required=False)
+    return doc_id, title, text
+
+
 def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     """Read ``corpus.jsonl`` into ``{doc_id: {"title": ..., "text": ...}}`` in file order.
+
+    Holds every text in memory: fine for an evaluation collection; ``scan_corpus`` reads a large corpus as a stream.
 
     Raises:
         BeirFormatError: missing file, malformed line, missing ``_id``/``text``, duplicate id,
@@ -77,11 +98,7 @@ def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     first_seen: dict[str, int] = {}
     empty = 0
     for line_number, record in iter_jsonl(path, error=BeirFormatError):
-        doc_id = _string_field(record, "_id", path, line_number, required=True)
-        if not doc_id:
-            raise BeirFormatError(f"{path}:{line_number}: empty '_id'")
-        text = _string_field(record, "text", path, line_number, required=True)
-        title = _string_field(record, "title", path, line_number, required=False)
+        doc_id, title, text = _corpus_fields(record, path, line_number)
         if doc_id in corpus:
             raise BeirFormatError(
                 f"{path}:{line_number}: duplicate document id {doc_id!r} (first seen on line {first_seen[doc_id]})"
@@ -95,6 +112,187 @@ def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     if empty:
         logger.warning("%s: %d of %d documents have neither title nor text", path, empty, len(corpus))
     return corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# A corpus read as a stream
+
+
+class PackedStrings(Sequence[str]):
+    """An immutable list of strings packed into one UTF-8 buffer plus an int64 array of end offsets.
+
+    A million short ids take ~16 bytes each here against ~65 as a list of Python strings.
+    """
+
+    def __init__(self, buffer: bytes, ends: np.ndarray):
+        self._buffer = buffer
+        self._ends = np.asarray(ends, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} strings")
+        start = int(self._ends[index - 1]) if index else 0
+        return self._buffer[start : int(self._ends[index])].decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        start = 0
+        for end in self._ends.tolist():
+            yield self._buffer[start:end].decode("utf-8")
+            start = end
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._buffer) + self._ends.nbytes
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115 - caller closes
+
+
+def _parse_line(line: bytes, path: Path, line_number: int) -> dict:
+    # The same messages as trainers.io.iter_jsonl, which reads text mode and so cannot tell byte offsets.
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError:
+        raise BeirFormatError(f"{path}:{line_number}: not valid UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise BeirFormatError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+    if not isinstance(record, dict):
+        raise BeirFormatError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+@dataclass
+class CorpusFile:
+    """A validated corpus.jsonl whose texts stay on disk: ids and byte offsets in memory, texts read on demand.
+
+    ``offsets[i]`` is where document ``i``'s line starts, so a reader (one rank, one shard) seeks straight to its
+    documents and never holds the others. ``sha256`` hashes the file's bytes (the resume fingerprint's corpus part).
+    """
+
+    path: Path
+    ids: PackedStrings
+    offsets: np.ndarray  # (num_docs,) int64
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_texts(self, start: int, stop: int) -> list[str]:
+        """The passage texts (``passage_text``: title and body) of documents ``[start, stop)``."""
+        stop = min(stop, len(self))
+        if not 0 <= start <= stop:
+            raise IndexError(f"documents [{start}, {stop}) are outside a corpus of {len(self)}")
+        texts: list[str] = []
+        if start == stop:
+            return texts
+        with _open_binary(self.path) as handle:
+            handle.seek(int(self.offsets[start]))
+            for line in handle:
+                if not line.strip():
+                    continue
+                record = _parse_line(line, self.path, 0)
+                texts.append(passage_text(record.get("title") or "", record["text"]))
+                if len(texts) == stop - start:
+                    break
+        if len(texts) != stop - start:
+            raise BeirFormatError(f"{self.path} changed while it was being read (it has fewer documents now)")
+        return texts
+
+
+def scan_corpus(path: str | os.PathLike[str], *, show_progress: bool = False) -> CorpusFile:
+    """Read ``corpus.jsonl`` once as a stream: validate every line, keep ids and line offsets, hash the bytes.
+
+    Memory holds the ids (packed) and 8 bytes of offset per document, not the texts.
+
+    Raises:
+        BeirFormatError: the same errors as ``load_corpus`` (missing file, malformed line, missing field,
+            duplicate id naming both lines, empty corpus).
+    """
+    path = _require_file(Path(path), "corpus")
+    digest = hashlib.sha256()
+    ids = bytearray()
+    id_ends = array("q")
+    offsets = array("q")
+    id_hashes = array("q")  # to find duplicate ids by sorting, without a set of every id
+    empty = 0
+    offset = 0
+    with _open_binary(path) as handle, tqdm(
+        desc="Reading corpus", unit="B", unit_scale=True, disable=not show_progress
+    ) as progress:
+        for line_number, line in enumerate(handle, start=1):
+            digest.update(line)
+            progress.update(len(line))
+            if line.strip():
+                doc_id, title, text = _corpus_fields(_parse_line(line, path, line_number), path, line_number)
+                if not passage_text(title, text):
+                    empty += 1
+                ids += doc_id.encode("utf-8")
+                id_ends.append(len(ids))
+                offsets.append(offset)
+                id_hashes.append(hash(doc_id))
+            offset += len(line)
+    if not offsets:
+        raise BeirFormatError(f"{path}: the corpus is empty")
+    corpus = CorpusFile(
+        path=path,
+        ids=PackedStrings(bytes(ids), np.frombuffer(id_ends, dtype=np.int64)),
+        offsets=np.frombuffer(offsets, dtype=np.int64),
+        sha256=digest.hexdigest(),
+    )
+    _refuse_duplicate_ids(corpus, np.frombuffer(id_hashes, dtype=np.int64))
+    if empty:
+        logger.warning("%s: %d of %d documents have neither title nor text", path, empty, len(corpus))
+    return corpus
+
+
+def _line_number_at(path: Path, offset: int) -> int:
+    """The 1-based line number of the line starting at byte ``offset`` (counted in 1 MiB blocks)."""
+    newlines = 0
+    with _open_binary(path) as handle:
+        while offset > 0:
+            block = handle.read(min(offset, 1 << 20))
+            if not block:
+                break
+            newlines += block.count(b"\n")
+            offset -= len(block)
+    return newlines + 1
+
+
+def _refuse_duplicate_ids(corpus: CorpusFile, id_hashes: np.ndarray) -> None:
+    """Raise on the first document (in file order) whose id an earlier one already has."""
+    order = np.argsort(id_hashes, kind="stable")  # equal hashes stay in file order
+    same = np.flatnonzero(id_hashes[order][1:] == id_hashes[order][:-1])
+    first_repeat: tuple[int, int] | None = None  # (later document, earlier document)
+    for position in same.tolist():
+        # walk back over the run of equal hashes: a hash collision is not a duplicate id
+        later = int(order[position + 1])
+        for back in range(position, -1, -1):
+            if id_hashes[order[back]] != id_hashes[later]:
+                break
+            earlier = int(order[back])
+            if corpus.ids[earlier] == corpus.ids[later] and (first_repeat is None or later <= first_repeat[0]):
+                first_repeat = (later, earlier)
+    if first_repeat is not None:
+        later, earlier = first_repeat
+        line = _line_number_at(corpus.path, int(corpus.offsets[later]))
+        first_line = _line_number_at(corpus.path, int(corpus.offsets[earlier]))
+        raise BeirFormatError(
+            f"{corpus.path}:{line}: duplicate document id {corpus.ids[later]!r} (first seen on line {first_line})"
+        )
 
 
 def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:

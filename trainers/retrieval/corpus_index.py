@@ -2,6 +2,14 @@
 
 The shards live in ``<out>.partial/`` next to the index until the index directory is in place; a rerun after
 an interruption encodes only the shards that are not finished.
+
+Data parallel: under ``torchrun --nproc_per_node N`` or ``accelerate launch`` every rank encodes its share of the
+shards (shard ``i`` on rank ``i % N``) into the same ``<out>.partial/shards``; rank 0 waits for all of them, builds
+the index and saves it, the other ranks return ``None``. Shards do not depend on which rank encoded them, so the
+index is the one a single process builds, and a run that lost a rank resumes with any number of processes.
+
+``index_corpus_file`` reads a corpus.jsonl as a stream (``trainers.retrieval.beir.scan_corpus``): memory holds the
+ids and one byte offset per document, and each rank reads only the texts of its own shards.
 """
 
 from __future__ import annotations
@@ -13,8 +21,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainers.retrieval.encoding import EncodeFn, corpus_fingerprint, encode_in_shards
-from trainers.retrieval.faiss_index import IndexSpec, build_index, save_index
+from trainers.retrieval.beir import CorpusFile, scan_corpus
+from trainers.retrieval.encoding import (
+    EncodeFn,
+    TextSource,
+    corpus_fingerprint,
+    distributed_context,
+    encode_in_shards,
+    file_fingerprint,
+    shard_rows,
+    wait_for_shards,
+)
+from trainers.retrieval.faiss_index import IndexSpec, build_index, checked_encoder, compression_record, save_index
 
 
 def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
@@ -26,7 +44,7 @@ def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
 def build_corpus_index(
     encode_fn: EncodeFn,
     ids: Sequence[str],
-    texts: Sequence[str],
+    texts: Sequence[str] | TextSource,
     out_dir: str | os.PathLike[str],
     *,
     model_id: str,
@@ -37,10 +55,14 @@ def build_corpus_index(
     overwrite: bool = False,
     show_progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
-) -> Path:
+    fingerprint: str | None = None,
+) -> Path | None:
     """Encode a corpus in resumable shards, build the index and save it atomically.
 
-    ``model_id`` identifies the encoder (see ``model_identity``) for the resume check and meta.json.
+    ``model_id`` identifies the encoder (see ``model_identity``) for the resume check and meta.json. ``texts`` is a
+    list or a ``TextSource`` read shard by shard; with a ``TextSource`` give the ``fingerprint`` of its content
+    (``file_fingerprint``), since hashing it here would read every text. In a data-parallel run (see the module
+    docstring) ranks other than 0 return ``None`` once their shards are written.
     """
     spec = spec or IndexSpec()
     out_dir = Path(out_dir)
@@ -49,20 +71,32 @@ def build_corpus_index(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
     spec.check_size(len(ids))
+    if fingerprint is None:
+        if isinstance(texts, TextSource):
+            raise ValueError("texts read from a TextSource need the fingerprint of their content")
+        fingerprint = corpus_fingerprint(ids, texts, model_id)
+    context = distributed_context()
     work_dir = work_dir_for(out_dir)
-    if overwrite and work_dir.exists():
+    if context.is_main and overwrite and work_dir.exists():
         shutil.rmtree(work_dir)  # --overwrite builds afresh: no shard of an earlier build is trusted
-    fingerprint = corpus_fingerprint(ids, texts, model_id)
+    context.barrier()  # no rank writes a shard before rank 0 has cleared the folder
     started = time.perf_counter()
     shards = encode_in_shards(
-        encode_fn,
+        checked_encoder(encode_fn, spec),  # a bad --truncate-dim / --quantize fails on the first batch
         texts,
         work_dir / "shards",
         fingerprint=fingerprint,
         shard_size=shard_size,
         batch_size=batch_size,
-        show_progress=show_progress,
+        show_progress=show_progress and context.is_main,  # one bar (rank 0's share), not one per rank
+        rank=context.rank,
+        world_size=context.world_size,
     )
+    if not context.is_main:
+        return None
+    # Polling the files, not a barrier: it gives a clear error naming what is missing, and the other ranks do not
+    # have to stay in a collective for as long as rank 0 builds the index.
+    wait_for_shards(shards, shard_rows(len(ids), shard_size))
     encode_seconds = time.perf_counter() - started
     started = time.perf_counter()
     index = build_index(shards, spec, show_progress=show_progress)
@@ -76,6 +110,8 @@ def build_corpus_index(
         encode_seconds=round(encode_seconds, 3),
         build_seconds=round(build_seconds, 3),
         has_embeddings=keep_embeddings,
+        **compression_record(spec, shards),
+        encode_processes=context.world_size,
     )
     save_index(
         out_dir,
@@ -87,3 +123,32 @@ def build_corpus_index(
     )
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
+
+
+def index_corpus_file(
+    encode_fn: EncodeFn,
+    corpus: CorpusFile | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_id: str,
+    show_progress: bool = True,
+    **options: Any,
+) -> Path | None:
+    """``build_corpus_index`` over a BEIR corpus.jsonl (a path, or one already read by ``scan_corpus``) read as a
+    stream (see the module docstring).
+
+    ``options``: the keyword options of ``build_corpus_index`` (``spec``, ``shard_size``, ``batch_size``,
+    ``keep_embeddings``, ``overwrite``, ``extra_meta``). The resume fingerprint hashes the file's bytes and the model.
+    """
+    if not isinstance(corpus, CorpusFile):
+        corpus = scan_corpus(corpus, show_progress=show_progress and distributed_context().is_main)
+    return build_corpus_index(
+        encode_fn,
+        corpus.ids,
+        corpus,
+        out_dir,
+        model_id=model_id,
+        fingerprint=file_fingerprint(corpus.sha256, model_id),
+        show_progress=show_progress,
+        **options,
+    )

@@ -3,6 +3,11 @@
 ``encode_in_shards`` writes one ``.npy`` shard at a time into a work folder (each shard atomically); a rerun
 after an interruption reuses the finished shards, provided the corpus, model and shard size are the same
 (checked with a fingerprint kept in the folder's ``manifest.json``).
+
+Data parallel: under ``torchrun``/``accelerate launch`` (``RANK``/``WORLD_SIZE`` in the environment) shard ``i`` is
+encoded by rank ``i % world_size`` into the same folder, and rank 0 waits for every shard file. In one Python
+process, ``encode_corpus_multi_process`` spreads a list of texts over devices with sentence-transformers' own
+multi-process pool.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +39,64 @@ MANIFEST_FILE = "manifest.json"
 
 # A list of texts in, a float32 (len(texts), dim) array of L2-normalized embeddings out.
 EncodeFn = Callable[[list[str]], np.ndarray]
+# How long rank 0 waits for the other ranks' shards, and the process group's collective timeout: long, because a
+# rank's share of a large corpus can take hours; a rank that dies makes torchrun stop the others long before.
+SHARD_WAIT_SECONDS = 24 * 3600
+SHARD_POLL_SECONDS = 2.0
+
+
+@runtime_checkable
+class TextSource(Protocol):
+    """Texts read on demand by position (``trainers.retrieval.beir.CorpusFile``): a shard reads only its own."""
+
+    def __len__(self) -> int: ...
+
+    def read_texts(self, start: int, stop: int) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a data-parallel run: ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> str:
+        """``cuda:<local rank>`` when CUDA is available (one process per GPU), else ``cpu``."""
+        import torch
+
+        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def distributed_context() -> DistributedContext:
+    """Rank and world size of this process, joining a process group when launched with several processes.
+
+    torchrun and ``accelerate launch`` both set ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. A process group that is
+    already initialized is used as it is; otherwise one is started on gloo (it carries only barriers, so no GPU
+    backend is needed) with a timeout of ``SHARD_WAIT_SECONDS``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=SHARD_WAIT_SECONDS))
+    return DistributedContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def load_encoder(name_or_path: str, *, device: str | None = None, dtype: str = "auto") -> SentenceTransformer:
@@ -128,6 +194,11 @@ def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str], model_id: str) 
     return digest.hexdigest()
 
 
+def file_fingerprint(corpus_sha256: str, model_id: str) -> str:
+    """The resume fingerprint of a corpus read as a stream: its bytes' hash and the model identity."""
+    return hashlib.sha256(f"{model_id}\x00{corpus_sha256}".encode()).hexdigest()
+
+
 def model_identity(name_or_path: str) -> str:
     """A model's name plus, for a local folder, the size and mtime of its weight files.
 
@@ -159,34 +230,49 @@ def _finished_shard(path: Path, rows: int) -> bool:
     return array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32
 
 
+def _read_shard(texts: Sequence[str] | TextSource, start: int, stop: int) -> list[str]:
+    if isinstance(texts, TextSource):
+        return texts.read_texts(start, stop)
+    return list(texts[start:stop])
+
+
 def encode_in_shards(
     encode_fn: EncodeFn,
-    texts: Sequence[str],
+    texts: Sequence[str] | TextSource,
     work_dir: str | os.PathLike[str],
     *,
     fingerprint: str,
     shard_size: int = 10_000,
     batch_size: int = 32,
     show_progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[Path]:
     """Encode ``texts`` into ``work_dir/shard_XXXXXX.npy`` files, skipping shards already finished.
 
-    Shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)`` in corpus order. Each shard
-    is written atomically, so an interruption loses at most the shard being encoded.
+    Shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)`` in corpus order and is encoded by the process
+    of rank ``i % world_size``; length-sorted batching stays within a shard, so a shard's vectors do not depend on
+    which process or how many encoded it. Each shard is written atomically, so an interruption loses at most the
+    shard being encoded. ``texts`` is a list or a ``TextSource`` (a corpus on disk: only the shards of this rank
+    are read). Returns the paths of every shard; with several ranks, other ranks' shards may not exist yet
+    (``wait_for_shards``).
 
     Raises:
         ValueError: ``work_dir`` holds shards of another corpus, model or shard size.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not texts:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+    num_texts = len(texts)
+    if not num_texts:
         raise ValueError("nothing to encode: the corpus is empty")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    num_shards = math.ceil(len(texts) / shard_size)
+    num_shards = math.ceil(num_texts / shard_size)
     manifest = {
         "fingerprint": fingerprint,
-        "num_texts": len(texts),
+        "num_texts": num_texts,
         "shard_size": shard_size,
         "num_shards": num_shards,
     }
@@ -199,24 +285,91 @@ def encode_in_shards(
                 "changed); delete it to start over"
             )
     else:
+        # Every rank writes the same manifest atomically: whichever rename lands last, the file is the same.
         atomic_write_json(manifest_path, manifest)
 
     paths = [_shard_path(work_dir, shard) for shard in range(num_shards)]
-    rows_of = [min(shard_size, len(texts) - shard * shard_size) for shard in range(num_shards)]
-    done = [_finished_shard(path, rows) for path, rows in zip(paths, rows_of, strict=True)]
-    already = sum(rows for rows, finished in zip(rows_of, done, strict=True) if finished)
+    rows_of = [min(shard_size, num_texts - shard * shard_size) for shard in range(num_shards)]
+    mine = [shard for shard in range(num_shards) if shard % world_size == rank]
+    todo = [shard for shard in mine if not _finished_shard(paths[shard], rows_of[shard])]
+    total = sum(rows_of[shard] for shard in mine)
+    already = total - sum(rows_of[shard] for shard in todo)
     if already:
-        logger.info("resuming: %d of %d shards already encoded", sum(done), num_shards)
-    with tqdm(
-        total=len(texts), initial=already, desc="Encoding corpus", unit="doc", disable=not show_progress
-    ) as progress:
-        for shard, (path, finished) in enumerate(zip(paths, done, strict=True)):
-            if finished:
-                continue
+        logger.info("resuming: %d of %d shards already encoded", len(mine) - len(todo), len(mine))
+    description = "Encoding corpus" if world_size == 1 else f"Encoding corpus (rank {rank}/{world_size})"
+    with tqdm(total=total, initial=already, desc=description, unit="doc", disable=not show_progress) as progress:
+        for shard in todo:
             start = shard * shard_size
-            chunk = list(texts[start : start + rows_of[shard]])
-            atomic_save_npy(path, encode_texts(encode_fn, chunk, batch_size=batch_size, progress=progress))
+            chunk = _read_shard(texts, start, start + rows_of[shard])
+            atomic_save_npy(paths[shard], encode_texts(encode_fn, chunk, batch_size=batch_size, progress=progress))
     return paths
+
+
+def wait_for_shards(
+    paths: Sequence[Path],
+    rows: Sequence[int],
+    *,
+    timeout: float = SHARD_WAIT_SECONDS,
+    poll_seconds: float = SHARD_POLL_SECONDS,
+) -> None:
+    """Block until every shard file is finished (written by other ranks), or raise after ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: shards are still missing; the message names them and says how to resume.
+    """
+    deadline = time.monotonic() + timeout
+    missing = list(range(len(paths)))
+    while True:
+        missing = [shard for shard in missing if not _finished_shard(paths[shard], rows[shard])]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            names = ", ".join(paths[shard].name for shard in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise TimeoutError(
+                f"waited {timeout:.0f}s for {len(missing)} embedding shards of other ranks ({names}) in "
+                f"{paths[0].parent}; a rank may have failed: run the same command again to encode only the missing shards"
+            )
+        time.sleep(poll_seconds)
+
+
+def shard_rows(num_texts: int, shard_size: int) -> list[int]:
+    """Rows of each shard of ``num_texts`` texts cut into shards of ``shard_size``."""
+    return [min(shard_size, num_texts - start) for start in range(0, num_texts, shard_size)]
+
+
+def encode_corpus_multi_process(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    *,
+    devices: Sequence[str] | None = None,
+    pool: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    chunk_size: int | None = None,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Passage embeddings of ``texts`` computed by one worker process per device: float32, L2-normalized, in order.
+
+    sentence-transformers' own multi-process encoding does the work: ``devices`` (``["cuda:0", "cuda:1"]`` or
+    ``["cpu", "cpu"]``) starts a pool for this call; ``pool`` (from ``model.start_multi_process_pool``) reuses one
+    across calls. ``encode_document`` gives LLaRA passages their summarize suffix in every worker.
+    """
+    if (devices is None) == (pool is None):
+        raise ValueError("give either devices (a list of torch devices) or pool (a started multi-process pool)")
+    if devices is not None and not devices:
+        raise ValueError("devices is empty: name at least one torch device")
+    if not texts:
+        raise ValueError("nothing to encode: the list of texts is empty")
+    embeddings = model.encode_document(
+        list(texts),
+        batch_size=batch_size,
+        device=list(devices) if devices is not None else None,
+        pool=pool,
+        chunk_size=chunk_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=show_progress,
+    )
+    return np.asarray(embeddings, dtype=np.float32)  # (len(texts), dim)
 
 
 def load_shards(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
