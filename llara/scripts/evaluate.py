@@ -19,6 +19,7 @@ import re
 
 from llara.cli import command_parser
 from llara.scripts.index import add_index_spec_args, index_spec_from_args
+from llara.scripts.search import add_rescore_args
 
 
 def _slug(text: str) -> str:
@@ -55,6 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="Compute dtype of LLaRA encoders: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 (and CUDA "
                            "devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto).")
     rank.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    add_rescore_args(rank)
     add_index_spec_args(parser)
     return parser
 
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.oversample < 1:
+        parser.error(f"--oversample must be >= 1, got {args.oversample}")
     if args.top_k < 1000:
         logging.getLogger("llara.evaluate").warning("--top-k %d < 1000: Recall@1000 and MAP see only %d hits", args.top_k, args.top_k)
 
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 dtype=args.dtype,
                 spec=spec,
+                rescore=args.rescore,
+                oversample=args.oversample,
                 show_progress=not args.no_progress,
             )
             rows.append((model, evaluation.result.metrics))
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": args.split,
             "top_k": args.top_k,
             "index_spec": spec.to_dict() if args.model else None,
+            "rescore": {"oversample": args.oversample} if args.model and args.rescore else None,
             "metrics_by": f"pytrec_eval {getattr(pytrec_eval, '__version__', '')}".strip(),
             "results": records,
         },

@@ -6,6 +6,8 @@ Examples::
     llara index --model runs/llara --corpus corpus.jsonl --out idx-hnsw --index-type hnsw --hnsw-m 32
     llara index --model runs/llara --corpus corpus.jsonl --out idx-ivfpq --index-type ivfpq \\
         --nlist 4096 --pq-m 64 --nprobe 32 --keep-embeddings
+    llara index --model runs/llara --corpus corpus.jsonl --out idx-binary --quantize binary --keep-embeddings
+    llara index --model runs/llara --corpus corpus.jsonl --out idx-256 --truncate-dim 256 --quantize int8
 
 An interrupted run resumes from its finished shards in ``<out>.partial/`` when started again with
 the same arguments. Several processes (one per GPU) encode the shards together under a launcher; rank 0
@@ -20,7 +22,7 @@ import argparse
 import logging
 
 from llara.cli import command_parser
-from trainers.retrieval.faiss_index import INDEX_TYPES
+from trainers.retrieval.faiss_index import INDEX_TYPES, QUANTIZATIONS
 
 logger = logging.getLogger("llara.index")
 
@@ -44,6 +46,13 @@ def add_index_spec_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pq-nbits", type=int, default=8, help="IVF-PQ: bits per sub-vector code (default 8).")
     group.add_argument("--train-size", type=int, default=None, help="Vectors sampled to train IVF/PQ/SQ (default: enough for the index).")
     group.add_argument("--seed", type=int, default=0, help="Seed of the training sample and k-means (default 0).")
+    compress = parser.add_argument_group("compressed vectors")
+    compress.add_argument("--truncate-dim", type=int, default=None, metavar="D",
+                          help="Index the first D dimensions, L2-normalized again (Matryoshka prefix); queries too.")
+    compress.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                          help="int8: one byte per dimension (sentence-transformers' int8 codes, float32 queries); "
+                          "binary: one bit per dimension, Hamming search. Flat index only; rescoring "
+                          "(--keep-embeddings, then --rescore) recovers most of the loss.")
 
 
 def index_spec_from_args(args: argparse.Namespace):
@@ -60,6 +69,8 @@ def index_spec_from_args(args: argparse.Namespace):
         pq_nbits=args.pq_nbits,
         train_size=args.train_size,
         seed=args.seed,
+        truncate_dim=args.truncate_dim,
+        quantize=args.quantize,
     )
 
 
@@ -96,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.retrieval.corpus_index import index_corpus_file
     from trainers.retrieval.encoding import distributed_context, document_encoder, load_encoder, model_identity
     from trainers.retrieval.evaluation import is_bm25
+    from trainers.retrieval.faiss_index import model_signature
 
     if is_bm25(args.model):
         parser.error("bm25 has no dense index; use `llara evaluate --model bm25` instead")
@@ -121,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         show_progress=not args.no_progress,
         # a local model is recorded by absolute path, so `llara search` finds it from any working directory
         extra_meta={"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+                    "model_signature": model_signature(args.model),  # `llara search` refuses other query encoders
                     "corpus": str(Path(args.corpus).resolve())},
     )
     if out is not None:

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 from trainers.io import atomic_write_text
 from trainers.retrieval.beir import BeirDataset, BeirFormatError
 from trainers.retrieval.encoding import document_encoder, encode_texts, load_encoder, query_encoder
-from trainers.retrieval.faiss_index import IndexSpec, build_index, hits_from_search, search_index
+from trainers.retrieval.faiss_index import (
+    DEFAULT_OVERSAMPLE,
+    IndexSpec,
+    build_index,
+    checked_encoder,
+    hits_from_search,
+    search_queries,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -236,17 +243,28 @@ def rank_dense(
     top_k: int = 1000,
     batch_size: int = 32,
     spec: IndexSpec | None = None,
+    rescore: bool = False,
+    oversample: int = DEFAULT_OVERSAMPLE,
     show_progress: bool = False,
 ) -> Hits:
-    """Encode passages and queries with a sentence-transformers model and search a FAISS index."""
+    """Encode passages and queries with a sentence-transformers model and search a FAISS index.
+
+    ``spec`` may compress the vectors (``truncate_dim``, ``quantize``); ``rescore`` ranks the top
+    ``top_k * oversample`` hits again with the full float32 passage vectors (see ``search_queries``).
+    """
     from tqdm.auto import tqdm
 
+    spec = spec or IndexSpec()
+    encode_documents = checked_encoder(document_encoder(model, batch_size), spec)  # a bad spec fails on batch one
     with tqdm(total=len(doc_texts), desc="Encoding corpus", unit="doc", disable=not show_progress) as progress:
-        doc_embeddings = encode_texts(document_encoder(model, batch_size), doc_texts, batch_size=batch_size, progress=progress)
+        doc_embeddings = encode_texts(encode_documents, doc_texts, batch_size=batch_size, progress=progress)
     with tqdm(total=len(query_texts), desc="Encoding queries", unit="query", disable=not show_progress) as progress:
         query_embeddings = encode_texts(query_encoder(model, batch_size), query_texts, batch_size=batch_size, progress=progress)
-    index = build_index(doc_embeddings, spec or IndexSpec())
-    scores, rows = search_index(index, query_embeddings, top_k)
+    index = build_index(doc_embeddings, spec)
+    rescore_vectors = doc_embeddings if rescore else None
+    scores, rows = search_queries(
+        index, query_embeddings, top_k, spec=spec, rescore_vectors=rescore_vectors, oversample=oversample
+    )
     return hits_from_search(query_ids, doc_ids, scores, rows)
 
 
@@ -263,6 +281,8 @@ def rank_collection(
     device: str | None = None,
     dtype: str = "auto",
     spec: IndexSpec | None = None,
+    rescore: bool = False,
+    oversample: int = DEFAULT_OVERSAMPLE,
     show_progress: bool = False,
 ) -> Hits:
     """Rank the judged queries of ``dataset`` with ``bm25``, a model path/name or a loaded model."""
@@ -281,6 +301,8 @@ def rank_collection(
         top_k=top_k,
         batch_size=batch_size,
         spec=spec,
+        rescore=rescore,
+        oversample=oversample,
         show_progress=show_progress,
     )
 
@@ -310,7 +332,7 @@ def evaluate_model(model_name: str, dataset: BeirDataset, *, top_k: int = 1000, 
     """Rank ``dataset`` with one model or ``bm25`` and score the run.
 
     ``ranking``: the keyword options of :func:`rank_collection` (``batch_size``, ``device``, ``dtype``, ``spec``,
-    ``show_progress``).
+    ``rescore``, ``oversample``, ``show_progress``).
     """
     started = time.perf_counter()
     hits = rank_collection(model_name, dataset, top_k=top_k, **ranking)
