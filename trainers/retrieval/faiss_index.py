@@ -244,6 +244,9 @@ class IndexSpec:
         return binary_codes(prepared) if self.quantize == "binary" else prepared
 
 
+# binary_codes and int8_codes follow sentence-transformers' quantize_embeddings rather than call it: the codes
+# an index holds on disk must not change with a library upgrade (its module has already moved once:
+# sentence_transformers.quantization is deprecated), and tests/test_compression.py pins both to its output.
 def binary_codes(vectors: np.ndarray) -> np.ndarray:
     """Sign bits (value > 0) packed 8 per byte, first dimension in the high bit: sentence-transformers'
     ``quantize_embeddings(precision="ubinary")``."""
