@@ -53,7 +53,7 @@ def add_rescore_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "vectors (an index needs --keep-embeddings); meant for --quantize / --truncate-dim and "
                         "approximate indexes, a no-op on an exact float32 one.")
     parser.add_argument("--oversample", type=int, default=DEFAULT_OVERSAMPLE,
-                        help=f"With --rescore: candidates per hit kept (default {DEFAULT_OVERSAMPLE}).")
+                        help=f"With --rescore: candidates searched per hit wanted (default {DEFAULT_OVERSAMPLE}).")
 
 
 def main(argv: list[str] | None = None) -> int:
