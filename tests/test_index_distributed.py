@@ -131,6 +131,36 @@ def test_run_with_a_killed_rank_resumes_to_the_same_index(tiny_llara_dir, corpus
     _same_index(out, one_process_index)
 
 
+def _evaluate(model: Path, beir: Path, out: Path, *, processes: int) -> subprocess.CompletedProcess:
+    args = ["--model", str(model), "--beir", str(beir), "--output", str(out / "results.json"), "--save-runs",
+            str(out / "runs"), "--top-k", "10", "--batch-size", "4", "--shard-size", str(SHARD_SIZE), "--no-progress"]
+    launch = [sys.executable, "-m", "llara.scripts.evaluate"]
+    if processes > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                  str(_free_port()), "-m", "llara.scripts.evaluate"]
+    return subprocess.run([*launch, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_under_two_processes_scores_like_one(tiny_llara_dir, corpus, tmp_path):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(corpus.read_text())
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": WORDS[i]}) + "\n" for i in range(6)))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{3 * i}\t1\n" for i in range(6)))
+    # When the same evaluation runs in one process and in two
+    _ok(_evaluate(tiny_llara_dir, beir, tmp_path / "one", processes=1))
+    two = _evaluate(tiny_llara_dir, beir, tmp_path / "two", processes=2)
+    # Then rank 0 alone writes, with the same run and metrics, and no shard folder is left behind
+    _ok(two)
+    assert two.stdout.count("wrote ") == 1
+    run = f"{tiny_llara_dir.name}.trec"
+    assert (tmp_path / "two" / "runs" / run).read_bytes() == (tmp_path / "one" / "runs" / run).read_bytes()
+    one_results = json.loads((tmp_path / "one" / "results.json").read_text())["results"]
+    two_results = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
+    assert [r["metrics"] for r in two_results] == [r["metrics"] for r in one_results]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["results.json", "runs"]
+
+
 def test_multi_process_encoding_equals_one_process(tiny_llara_dir):
     from trainers.retrieval.encoding import document_encoder, encode_corpus_multi_process, load_encoder
 

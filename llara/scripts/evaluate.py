@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     rank.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000, as Recall@1000 needs).")
     rank.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
     rank.add_argument("--device", default=None, help="Torch device for the encoders.")
+    rank.add_argument("--shard-size", type=int, default=10_000,
+                      help="Under torchrun / accelerate launch: passages per embedding shard, the unit of work of a "
+                           "rank and of resuming (default 10000).")
     rank.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                       help="Compute dtype of LLaRA encoders: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 (and CUDA "
                            "devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto).")
@@ -85,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainers.io import atomic_write_json
     from trainers.retrieval.beir import load_beir, load_qrels, qrels_path
-    from trainers.retrieval.evaluation import evaluate_model, evaluate_run_file, format_table, write_trec_run
+    from trainers.retrieval.encoding import distributed_context
+    from trainers.retrieval.evaluation import (
+        evaluate_model,
+        evaluate_run_file,
+        format_table,
+        is_bm25,
+        rank_collection,
+        write_trec_run,
+    )
 
     # Errors reach the CLI boundary (llara.cli_boundary): one line, exit status 1.
     spec = index_spec_from_args(args)
@@ -103,23 +114,41 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dataset = load_beir(args.beir, args.split)
         dataset_name, names = dataset.name, [_slug(m) for m in args.model]
-        for model in args.model:
+        # Under torchrun / accelerate launch the ranks share each dense model's corpus encoding (resumable shards
+        # next to the results); rank 0 searches, scores and writes, the other ranks stop after their shards.
+        context = distributed_context()
+        parallel = context.world_size > 1
+        device = args.device or (context.device if parallel else None)
+        results_dir = Path(args.output).parent if args.output else Path("results")
+        for number, model in enumerate(args.model):
+            work_dir = None
+            if parallel and not is_bm25(model):
+                work_dir = results_dir / f".{dataset_name}_{args.split}_{number}_{_slug(model)}.partial"
+            if not context.is_main:
+                if work_dir is not None:
+                    rank_collection(model, dataset, batch_size=args.batch_size, device=device, dtype=args.dtype,
+                                    spec=spec, show_progress=False, work_dir=work_dir, shard_size=args.shard_size)
+                continue
             evaluation = evaluate_model(
                 model,
                 dataset,
                 top_k=args.top_k,
                 batch_size=args.batch_size,
-                device=args.device,
+                device=device,
                 dtype=args.dtype,
                 spec=spec,
                 rescore=args.rescore,
                 oversample=args.oversample,
                 show_progress=not args.no_progress,
+                work_dir=work_dir,
+                shard_size=args.shard_size,
             )
             rows.append((model, evaluation.result.metrics))
             records.append(evaluation.to_dict())
             if args.save_runs:
                 write_trec_run(Path(args.save_runs) / f"{_slug(model)}.trec", evaluation.run, tag=_slug(model))
+        if not context.is_main:
+            return 0
     output = Path(args.output or f"results/{dataset_name}_{args.split}_{'+'.join(names)}.json")
     atomic_write_json(
         output,

@@ -332,6 +332,40 @@ def wait_for_shards(
         time.sleep(poll_seconds)
 
 
+def encode_across_ranks(
+    encode_fn: EncodeFn,
+    texts: Sequence[str] | TextSource,
+    work_dir: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    shard_size: int = 10_000,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> np.ndarray | None:
+    """Encode ``texts`` in shards shared by the ranks of a data-parallel run; rank 0 gets every row.
+
+    Each rank encodes its shards into ``work_dir`` (see ``encode_in_shards``); rank 0 waits for the others' and
+    returns the ``(len(texts), dim)`` float32 embeddings, the other ranks return None. In one process this is
+    ``encode_in_shards`` plus loading. The folder stays, so a rerun resumes; remove it once the result is safe.
+    """
+    context = distributed_context()
+    paths = encode_in_shards(
+        encode_fn,
+        texts,
+        work_dir,
+        fingerprint=fingerprint,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        show_progress=show_progress and context.is_main,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    if not context.is_main:
+        return None
+    wait_for_shards(paths, shard_rows(len(texts), shard_size))
+    return load_shards(paths)
+
+
 def shard_rows(num_texts: int, shard_size: int) -> list[int]:
     """Rows of each shard of ``num_texts`` texts cut into shards of ``shard_size``."""
     return [min(shard_size, num_texts - start) for start in range(0, num_texts, shard_size)]

@@ -26,15 +26,26 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from trainers.io import atomic_write_text
 from trainers.retrieval.beir import BeirDataset, BeirFormatError
-from trainers.retrieval.encoding import document_encoder, encode_texts, load_encoder, query_encoder
+from trainers.retrieval.encoding import (
+    corpus_fingerprint,
+    document_encoder,
+    encode_across_ranks,
+    encode_texts,
+    load_encoder,
+    model_identity,
+    query_encoder,
+)
 from trainers.retrieval.faiss_index import (
     DEFAULT_OVERSAMPLE,
     IndexSpec,
@@ -246,18 +257,37 @@ def rank_dense(
     rescore: bool = False,
     oversample: int = DEFAULT_OVERSAMPLE,
     show_progress: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    model_id: str = "",
+    shard_size: int = 10_000,
 ) -> Hits:
     """Encode passages and queries with a sentence-transformers model and search a FAISS index.
 
     ``spec`` may compress the vectors (``truncate_dim``, ``quantize``); ``rescore`` ranks the top
     ``top_k * oversample`` hits again with the full float32 passage vectors (see ``search_queries``).
+    ``work_dir``: encode the passages in resumable shards there, shared by the ranks of a data-parallel run
+    (torchrun / accelerate launch; ``model_id`` keys the resume check, ``shard_size`` texts per shard): rank 0
+    searches and returns the hits, the other ranks return none once their shards are written.
     """
     from tqdm.auto import tqdm
 
     spec = spec or IndexSpec()
     encode_documents = checked_encoder(document_encoder(model, batch_size), spec)  # a bad spec fails on batch one
-    with tqdm(total=len(doc_texts), desc="Encoding corpus", unit="doc", disable=not show_progress) as progress:
-        doc_embeddings = encode_texts(encode_documents, doc_texts, batch_size=batch_size, progress=progress)
+    if work_dir is None:
+        # Batches form within shards of `shard_size`, as in the data-parallel path: one process and several encode
+        # the same batches, so they rank alike to the last bit.
+        with tqdm(total=len(doc_texts), desc="Encoding corpus", unit="doc", disable=not show_progress) as progress:
+            doc_embeddings = np.concatenate([
+                encode_texts(encode_documents, doc_texts[start : start + shard_size], batch_size=batch_size, progress=progress)
+                for start in range(0, len(doc_texts), shard_size)
+            ])  # (docs, dim)
+    else:
+        doc_embeddings = encode_across_ranks(
+            encode_documents, doc_texts, work_dir, fingerprint=corpus_fingerprint(doc_ids, doc_texts, model_id),
+            shard_size=shard_size, batch_size=batch_size, show_progress=show_progress,
+        )
+        if doc_embeddings is None:  # not rank 0: its share is encoded
+            return {}
     with tqdm(total=len(query_texts), desc="Encoding queries", unit="query", disable=not show_progress) as progress:
         query_embeddings = encode_texts(query_encoder(model, batch_size), query_texts, batch_size=batch_size, progress=progress)
     index = build_index(doc_embeddings, spec)
@@ -265,6 +295,8 @@ def rank_dense(
     scores, rows = search_queries(
         index, query_embeddings, top_k, spec=spec, rescore_vectors=rescore_vectors, oversample=oversample
     )
+    if work_dir is not None:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return hits_from_search(query_ids, doc_ids, scores, rows)
 
 
@@ -284,8 +316,14 @@ def rank_collection(
     rescore: bool = False,
     oversample: int = DEFAULT_OVERSAMPLE,
     show_progress: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    shard_size: int = 10_000,
 ) -> Hits:
-    """Rank the judged queries of ``dataset`` with ``bm25``, a model path/name or a loaded model."""
+    """Rank the judged queries of ``dataset`` with ``bm25``, a model path/name or a loaded model.
+
+    ``work_dir``: a dense model encodes the corpus in shards of ``shard_size`` there, shared by the ranks of a
+    data-parallel run (see ``rank_dense``).
+    """
     doc_ids, doc_texts = dataset.passages()
     queries = dataset.eval_queries
     query_ids, query_texts = list(queries), list(queries.values())
@@ -304,6 +342,10 @@ def rank_collection(
         rescore=rescore,
         oversample=oversample,
         show_progress=show_progress,
+        work_dir=work_dir,
+        shard_size=shard_size,
+        # bf16 and fp32 shards must not mix
+        model_id=f"{model_identity(model_name)}|dtype={dtype}" if isinstance(model_name, str) else type(model).__name__,
     )
 
 
