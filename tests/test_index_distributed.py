@@ -161,6 +161,36 @@ def test_evaluate_under_two_processes_scores_like_one(tiny_llara_dir, corpus, tm
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["results.json", "runs"]
 
 
+def test_mine_under_two_processes_mines_like_the_sharded_one_process_miner(tiny_llara_dir, tmp_path, one_torch_thread):
+    from trainers.finetuning.data import load_examples
+    from trainers.finetuning.mining import MiningConfig, mine_hard_negatives
+    from trainers.retrieval.encoding import load_encoder
+
+    passages = [f"{WORDS[i % 14]} {WORDS[(3 * i) % 14]} package number {i}" for i in range(36)]
+    (tmp_path / "corpus.txt").write_text("\n".join(passages) + "\n")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"query": f"{WORDS[i]} tools", "pos": [passages[2 * i]]}) + "\n" for i in range(8)))
+    # When two gloo processes mine hard negatives
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "llara.scripts.mine", "--data", str(data), "--corpus", str(tmp_path / "corpus.txt"), "--model",
+           str(tiny_llara_dir), "--out", str(tmp_path / "mined.jsonl"), "--shard-size", str(SHARD_SIZE),
+           "--range-start", "2", "--range-end", "12", "--num-negatives", "3", "--batch-size", "4"]
+    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    _ok(result)
+    # Then sentence-transformers' miner took the passages' embeddings from the ranks' shards instead of encoding them
+    assert "Loaded corpus embeddings" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mined.jsonl", "train.jsonl"]
+    # And the negatives are those of the same sharded encoding in one process
+    examples, _, _ = load_examples(str(data))
+    config = MiningConfig(range_start=2, range_end=12, num_negatives=3, batch_size=4)
+    model = load_encoder(str(tiny_llara_dir), device="cpu", dtype="float32")
+    mined, _ = mine_hard_negatives(examples, passages, config, model=model, show_progress=False,
+                                   work_dir=tmp_path / "one.partial", shard_size=SHARD_SIZE)
+    written = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    assert [row["neg"] for row in written] == [example.neg for example in mined]
+    assert all(len(row["neg"]) == 3 for row in written)
+
+
 def test_multi_process_encoding_equals_one_process(tiny_llara_dir):
     from trainers.retrieval.encoding import document_encoder, encode_corpus_multi_process, load_encoder
 

@@ -33,6 +33,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-text-tokens", type=int, default=None,
                         help="dense: text tokens per query/passage, prompt excluded (default: the model's own budget)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--shard-size", type=int, default=10_000,
+                        help="under torchrun / accelerate launch: passages per embedding shard, the unit of work of a "
+                        "rank and of resuming (default 10000)")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -86,16 +89,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     examples, pool, data_report = load_examples(args.data, split=args.split)
     corpus = _read_corpus(args.corpus) if args.corpus else pool
-    model = None
+    model, sharding = None, {}
     if method == "dense":
+        from trainers.finetuning.mining import shared_corpus_embeddings
         from trainers.model_folders import require_llara_folder
-        from trainers.retrieval.encoding import load_encoder
+        from trainers.retrieval.encoding import distributed_context, load_encoder, model_identity
 
         require_llara_folder(args.model, what="--model")
-        model = load_encoder(args.model, device=args.device, dtype=args.dtype)
+        # Under torchrun / accelerate launch the ranks encode the passages together (resumable shards next to
+        # --out); rank 0 mines and writes, the other ranks stop after their shards.
+        context = distributed_context()
+        parallel = context.world_size > 1
+        model = load_encoder(args.model, device=args.device or (context.device if parallel else None), dtype=args.dtype)
         if args.max_text_tokens is not None:
             model.max_seq_length = args.max_text_tokens
-    mined, report = mine_hard_negatives(examples, corpus, config, model=model, show_progress=not args.quiet)
+        if parallel:
+            out = Path(args.out)
+            sharding = {"work_dir": out.parent / f".{out.name}.partial", "shard_size": args.shard_size,
+                        "model_id": f"{model_identity(args.model)}|dtype={args.dtype}|max={args.max_text_tokens}"}
+            if not context.is_main:
+                shared_corpus_embeddings(model, examples, corpus, config, show_progress=False, **sharding)
+                return 0
+    mined, report = mine_hard_negatives(examples, corpus, config, model=model, show_progress=not args.quiet, **sharding)
     out = write_training_jsonl(args.out, mined, overwrite=args.overwrite)
     print("data:", data_report.summary())
     print("mining:", report.summary())

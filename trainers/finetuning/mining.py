@@ -18,9 +18,11 @@ Queries for which the window holds fewer than ``num_negatives`` passages keep wh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,11 +79,13 @@ class MiningReport:
 
 # ---- ranking -------------------------------------------------------------------------------------
 def dense_negatives(
-    model, examples: Sequence[ContrastiveExample], texts: Sequence[str], config: MiningConfig, show_progress: bool = True
+    model, examples: Sequence[ContrastiveExample], texts: Sequence[str], config: MiningConfig, show_progress: bool = True,
+    cache_folder: str | os.PathLike | None = None,
 ) -> list[list[str]]:
     """Negatives per example from sentence-transformers' ``mine_hard_negatives`` (FAISS, random in the window).
 
-    ``model`` is a ``SentenceTransformer`` (a LLaRA folder loaded with ``trust_remote_code=True``).
+    ``model`` is a ``SentenceTransformer`` (a LLaRA folder loaded with ``trust_remote_code=True``). ``cache_folder``:
+    the miner's embedding cache (see ``shared_corpus_embeddings``).
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives as st_mine
@@ -95,12 +99,59 @@ def dense_negatives(
         pairs, model, corpus=list(texts), range_min=config.range_start, range_max=config.range_end,
         num_negatives=config.num_negatives, sampling_strategy="random", use_faiss=True, output_format="labeled-pair",
         batch_size=config.batch_size, verbose=show_progress,
+        cache_folder=str(cache_folder) if cache_folder is not None else None,
     )
     found: dict[str, list[str]] = {}
     for query, passage, label in zip(labeled["anchor"], labeled["positive"], labeled["label"]):
         if label == 0:
             found.setdefault(query, []).append(passage)
     return [found.get(e.query, []) for e in examples]
+
+
+def _st_corpus_cache_file(model, corpus: Sequence[str]) -> str:
+    """The file name under which ``sentence_transformers.util.mine_hard_negatives(cache_folder=...)`` looks for the
+    corpus embeddings: its hash of the model's base-model name, the corpus prompt and prompt name (none here) and the
+    corpus. Should the library change that name, its miner encodes the corpus itself: slower, never wrong."""
+    model_name = model.model_card_data.base_model or ""
+    digest = hashlib.sha256(repr((model_name, None, None, list(corpus))).encode()).hexdigest()
+    return f"corpus_embeddings_{digest}.npy"
+
+
+def shared_corpus_embeddings(
+    model,
+    examples: Sequence[ContrastiveExample],
+    corpus: Sequence[str],
+    config: MiningConfig,
+    work_dir: str | os.PathLike,
+    *,
+    model_id: str = "",
+    shard_size: int = 10_000,
+    show_progress: bool = True,
+) -> Path | None:
+    """Dense mining in a data-parallel run (torchrun / accelerate launch): the ranks encode the passages together.
+
+    Each rank encodes its share of resumable shards in ``work_dir/shards``; rank 0 gathers them into the cache folder
+    of sentence-transformers' miner, which then skips encoding the corpus, and gets that folder back; the other ranks
+    get None. ``model_id`` keys the resume check (``trainers.retrieval.encoding.model_identity``).
+    """
+    from trainers.io import atomic_save_npy
+    from trainers.retrieval.encoding import corpus_fingerprint, document_encoder, encode_across_ranks
+
+    texts = mining_texts(examples, corpus, config)
+    # the corpus sentence-transformers' miner builds from these texts and the pairs' positives
+    st_corpus = list(dict.fromkeys([*texts, *(p for e in examples for p in e.pos)]))
+    work_dir = Path(work_dir)
+    embeddings = encode_across_ranks(
+        document_encoder(model, config.batch_size), st_corpus, work_dir / "shards",
+        fingerprint=corpus_fingerprint([str(row) for row in range(len(st_corpus))], st_corpus, model_id),
+        shard_size=shard_size, batch_size=config.batch_size, show_progress=show_progress,
+    )
+    if embeddings is None:
+        return None
+    cache = work_dir / "st_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(cache / _st_corpus_cache_file(model, st_corpus), embeddings)
+    return cache
 
 
 def bm25_negatives(
@@ -136,16 +187,8 @@ def select_negatives(ranked: Sequence[int], config: MiningConfig, rng: random.Ra
     return [row for i, row in enumerate(window) if i in chosen]
 
 
-def mine_hard_negatives(
-    examples: Sequence[ContrastiveExample],
-    corpus: Sequence[str],
-    config: MiningConfig,
-    model=None,
-    show_progress: bool = True,
-) -> tuple[list[ContrastiveExample], MiningReport]:
-    """Examples with mined negatives, plus a report. ``model`` (a ``SentenceTransformer``) is needed for ``dense``."""
-    import time
-
+def mining_texts(examples: Sequence[ContrastiveExample], corpus: Sequence[str], config: MiningConfig) -> list[str]:
+    """The passages ranked for mining: one row per distinct non-blank text of ``corpus`` and of the positives."""
     if not examples:
         raise ValueError("no examples to mine negatives for")
     # One row per distinct text; the positives join the corpus so that they are ranked (and removed).
@@ -156,11 +199,38 @@ def mine_hard_negatives(
             f"the corpus has {len(texts)} passages, not more than range_start={config.range_start}: "
             "lower --range-start or give a larger --corpus"
         )
+    return texts
+
+
+def mine_hard_negatives(
+    examples: Sequence[ContrastiveExample],
+    corpus: Sequence[str],
+    config: MiningConfig,
+    model=None,
+    show_progress: bool = True,
+    work_dir: str | os.PathLike | None = None,
+    **sharding,
+) -> tuple[list[ContrastiveExample], MiningReport]:
+    """Examples with mined negatives, plus a report. ``model`` (a ``SentenceTransformer``) is needed for ``dense``.
+
+    ``work_dir``: encode the passages in resumable shards there, shared by the ranks of a data-parallel run; this is
+    rank 0's call, the other ranks call ``shared_corpus_embeddings`` alone. ``sharding``: its ``model_id`` and
+    ``shard_size``. The folder is removed once the negatives are mined.
+    """
+    import time
+
+    texts = mining_texts(examples, corpus, config)
     started = time.perf_counter()
     if config.method == "dense":
         if model is None:
             raise ValueError("dense mining needs a LLaRA model loaded as a SentenceTransformer")
-        found = dense_negatives(model, examples, texts, config, show_progress)
+        cache_folder = None
+        if work_dir is not None:
+            cache_folder = shared_corpus_embeddings(model, examples, corpus, config, work_dir, show_progress=show_progress,
+                                                    **sharding)
+        found = dense_negatives(model, examples, texts, config, show_progress, cache_folder=cache_folder)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
     else:
         found = bm25_negatives(examples, texts, config, show_progress)
     report = MiningReport(queries=len(examples), corpus_size=len(texts), config=asdict(config))
@@ -197,6 +267,8 @@ __all__ = [
     "bm25_negatives",
     "dense_negatives",
     "mine_hard_negatives",
+    "mining_texts",
     "select_negatives",
+    "shared_corpus_embeddings",
     "write_training_jsonl",
 ]
