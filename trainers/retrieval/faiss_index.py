@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from trainers.io import atomic_write_json, atomic_write_text, staged_dir
+from trainers.io import atomic_open, atomic_write_json, staged_dir
+from trainers.retrieval.beir import first_repeat
 
 if TYPE_CHECKING:
     import faiss
@@ -755,14 +756,19 @@ def save_index(
     out_dir = Path(out_dir)
     if index.ntotal != len(ids):
         raise ValueError(f"the index holds {index.ntotal} vectors but {len(ids)} ids were given")
-    if len(set(ids)) != len(ids):
+    if first_repeat(ids) is not None:  # not a set: millions of ids fit in a few arrays
         raise ValueError("duplicate ids: every indexed row needs its own id")
     binary = isinstance(index, faiss.IndexBinary)
     with staged_dir(out_dir, overwrite=overwrite) as staging:
         (faiss.write_index_binary if binary else faiss.write_index)(index, str(staging / INDEX_FILE))
         with open(staging / INDEX_FILE, "rb+") as handle:
             os.fsync(handle.fileno())
-        atomic_write_text(staging / IDS_FILE, json.dumps(list(ids), ensure_ascii=False))
+        with atomic_open(staging / IDS_FILE, "w") as handle:
+            # One id at a time, in json.dumps' list format: a corpus of millions of ids is never one string.
+            handle.write("[")
+            for row, doc_id in enumerate(ids):
+                handle.write((", " if row else "") + json.dumps(doc_id, ensure_ascii=False))
+            handle.write("]")
         if embeddings_dir is not None:
             shutil.move(str(embeddings_dir), str(staging / EMBEDDINGS_DIR))
         record = dict(meta or {})
