@@ -51,7 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
     rank = parser.add_argument_group("ranking")
     rank.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000, as Recall@1000 needs).")
     rank.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
-    rank.add_argument("--device", default=None, help="Torch device for the encoders.")
+    rank.add_argument("--device", default=None, help="Torch device for the encoders (under torchrun / accelerate launch: "
+                      "cuda:<LOCAL_RANK> when CUDA is available, else cpu).")
     rank.add_argument("--shard-size", type=int, default=10_000,
                       help="Under torchrun / accelerate launch: passages per embedding shard, the unit of work of a "
                            "rank and of resuming (default 10000).")

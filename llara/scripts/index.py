@@ -90,7 +90,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")
     parser.add_argument("--shard-size", type=int, default=10_000, help="Texts per resumable embedding shard (default 10000).")
     parser.add_argument("--keep-embeddings", action="store_true", help="Keep the float32 embedding shards in <out>/embeddings/.")
-    parser.add_argument("--device", default=None, help="Torch device for the encoder (default: sentence-transformers' choice).")
+    parser.add_argument("--device", default=None, help="Torch device for the encoder (default: sentence-transformers' choice; under torchrun / "
+                        "accelerate launch cuda:<LOCAL_RANK> when CUDA is available, else cpu).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing index directory.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_index_spec_args(parser)

@@ -32,7 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
     parser.add_argument("--max-text-tokens", type=int, default=None,
                         help="dense: text tokens per query/passage, prompt excluded (default: the model's own budget)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu; under torchrun / "
+                        "accelerate launch cuda:<LOCAL_RANK>)")
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="under torchrun / accelerate launch: passages per embedding shard, the unit of work of a "
                         "rank and of resuming (default 10000)")
