@@ -68,10 +68,21 @@ class DistributedContext:
 
     @property
     def device(self) -> str:
-        """``cuda:<local rank>`` when CUDA is available (one process per GPU), else ``cpu``."""
+        """``cuda:<local rank>`` when CUDA is available (one process per GPU), else ``cpu``.
+
+        Raises:
+            ValueError: this node runs more processes than it has visible GPUs.
+        """
         import torch
 
-        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        if self.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"local rank {self.local_rank} has no GPU: {torch.cuda.device_count()} visible on this node; start at "
+                "most one process per GPU (--nproc_per_node)"
+            )
+        return f"cuda:{self.local_rank}"
 
     def barrier(self) -> None:
         if self.world_size > 1:
