@@ -128,6 +128,7 @@ def test_run_with_a_killed_rank_resumes_to_the_same_index(tiny_llara_dir, corpus
     kept = out / "embeddings"
     assert sorted(p.name for p in kept.glob("shard_*.npy")) == [f"shard_{i:06d}.npy" for i in range(DOCS // SHARD_SIZE)]
     assert {name: (kept / name).stat().st_mtime_ns for name in survivors} == survivors
+    assert not list(kept.glob(".*.tmp"))  # no half-written shard of the killed run is kept
     _same_index(out, one_process_index)
 
 

@@ -97,6 +97,8 @@ def build_corpus_index(
     # Polling the files, not a barrier: it gives a clear error naming what is missing, and the other ranks do not
     # have to stay in a collective for as long as rank 0 builds the index.
     wait_for_shards(shards, shard_rows(len(ids), shard_size))
+    for leftover in (work_dir / "shards").glob(".shard_*.tmp"):  # half-written by a process that was killed
+        leftover.unlink(missing_ok=True)
     encode_seconds = time.perf_counter() - started
     started = time.perf_counter()
     index = build_index(shards, spec, show_progress=show_progress)
