@@ -3,8 +3,8 @@
 Same texts (real Debian long descriptions of mixed length), same weights (SmolLM2-135M converted by
 ``llara init``), measured side by side in one run, repetitions interleaved so machine noise hits all:
 
-* ``llara``: ``modeling_llara.encode`` (length-sorted batches, right padding, only the last hidden state,
-  pooling at the special positions), tokenization included;
+* ``llara``: ``encode`` below, ``LlaraModel`` called directly (length-sorted batches, right padding, only the
+  last hidden state, pooling at the special positions), tokenization included;
 * ``card``: the released card recipe (texts in input order, left padding, ``pad_to_multiple_of=8``,
   ``output_hidden_states=True``, ``hidden_states[-1][:, -8:]``), tokenization included;
 * ``backbone``: the bare decoder forward on exactly the batches ``llara`` builds (no tokenization, no
@@ -14,7 +14,7 @@ Precision (same run, same texts):
 
 * ``st_fp32`` / ``st_bf16``: what a user runs, ``SentenceTransformer(...).encode_document`` with the model
   in fp32 / bf16 (``model_kwargs={"dtype": ...}``; this checkout's module code), tokenization included;
-* ``llara_bf16``: ``modeling_llara.encode`` on the bf16 model;
+* ``llara_bf16``: ``encode`` on the bf16 model;
 * ``backbone_bf16``: the bare bf16 decoder forward on the ``llara`` batches (the bf16 floor).
 
 Reported besides tokens/s: bf16 / fp32 ratios, the model FLOP rate (linear layers + causal attention over
@@ -66,6 +66,23 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def encode(model, builder, texts, task=None, batch_size=32, max_length=None, max_text_tokens=None):
+    """Embed ``texts`` with ``LlaraModel`` in length-sorted batches; returns (len(texts), hidden) float32 (the
+    tests' raw-model reference, ``tests/conftest.py``)."""
+    import torch
+
+    ids = builder.build_ids(texts, task=task, max_length=max_length, max_text_tokens=max_text_tokens)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    device = next(model.parameters()).device
+    out = torch.empty((len(ids), model.config.get_text_config().hidden_size), dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = builder.pad([ids[i] for i in chunk])
+            out[chunk] = model(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu()
+    return out
+
+
 def card_recipe(backbone, tokenizer, texts, suffix, batch_size, max_length):
     """The released recipe, written from its description: left padding, multiple of 8, hidden_states[-1][:, -8:]."""
     import torch
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel, encode
+    from modeling_llara import LlaraInputBuilder, LlaraModel
     from modeling_llara.sentence_llara import LlaraSentenceEncoder
     from trainers.convert import cached_default_llara
     from trainers.debian_data import load_pairs

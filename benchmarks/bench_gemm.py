@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.inner, args.no_lm_head = 3, 3, True
     if args.threads:
         torch.set_num_threads(args.threads)
-    from modeling_llara.modeling_llara import cpu_bf16_flags
-    from trainers.run_records import cpu_model
+    from trainers.run_records import cpu_bf16_flags, cpu_model
 
     measured = measure(args.tokens, args.repeats, args.inner, not args.no_lm_head)
     rates = measured["gflops"]

@@ -3,7 +3,7 @@
 * ``autograd``  - ``cross_entropy(lm_head(states).float())`` and ``backward()``: what two ordinary passes
                   (``bench_pretrain_step.py``'s ``two_pass``) do; the (tokens, vocab) logits and their
                   gradient exist at once;
-* ``fused``     - ``_LinearCrossEntropySum`` as shipped in ``modeling_llara``: chunks of ``--chunk`` tokens,
+* ``fused``     - ``_LinearCrossEntropySum`` as shipped in ``pretraining_llara``: chunks of ``--chunk`` tokens,
                   gradients taken in the forward loop, every vocabulary-sized step written into two
                   (chunk, vocab) buffers allocated once per call;
 * ``fused_logsoftmax`` - the shipped kernel of the previous release: the same buffers, but a log-softmax
@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling_llara.modeling_llara import _LinearCrossEntropySum, default_lm_chunk_size  # noqa: E402
+from modeling_llara.pretraining_llara import _LinearCrossEntropySum, default_lm_chunk_size  # noqa: E402
 from trainers.io import atomic_write_json  # noqa: E402
 
 

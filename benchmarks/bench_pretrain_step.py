@@ -178,7 +178,7 @@ def _loss(variant, model, collator, b, two, args, loss_fn, dev):
                 for row in range(labels.shape[0]):
                     labels[row, : n_text[row] - 1] = inputs["input_ids"][row, 1 : n_text[row]]
                 if variant == "two_pass_fused":
-                    from modeling_llara.modeling_llara import default_lm_chunk_size
+                    from modeling_llara.pretraining_llara import default_lm_chunk_size
 
                     chunk = default_lm_chunk_size(model.config.get_text_config().vocab_size)  # the one-pass default
                     lm, _ = model._chunked_lm_loss(hidden, labels, chunk)

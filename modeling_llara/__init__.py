@@ -1,4 +1,5 @@
-"""LLaRA model code. ``configuration_llara``, ``modeling_llara`` and ``sentence_llara`` ship to the Hub.
+"""LLaRA model code. ``configuration_llara``, ``modeling_llara``, ``pretraining_llara`` and ``sentence_llara`` ship
+to the Hub.
 
 Importing this package registers the classes for the Auto API, so ``save_pretrained`` writes
 ``auto_map`` and copies the shipped files next to the weights.
@@ -7,13 +8,12 @@ Importing this package registers the classes for the Auto API, so ``save_pretrai
 from .configuration_llara import LlaraConfig
 from .modeling_llara import (
     DTYPE_CHOICES,
-    LlaraForPretraining,
     LlaraInputBuilder,
     LlaraModel,
     LlaraPreTrainedModel,
-    encode,
     resolve_dtype,
 )
+from .pretraining_llara import LlaraForPretraining
 
 LlaraConfig.register_for_auto_class()
 LlaraModel.register_for_auto_class("AutoModel")
@@ -22,7 +22,7 @@ LlaraForPretraining.register_for_auto_class("AutoModelForPreTraining")
 AUTO_MAP = {
     "AutoConfig": "configuration_llara.LlaraConfig",
     "AutoModel": "modeling_llara.LlaraModel",
-    "AutoModelForPreTraining": "modeling_llara.LlaraForPretraining",
+    "AutoModelForPreTraining": "pretraining_llara.LlaraForPretraining",
 }
 
 __all__ = [
@@ -33,6 +33,5 @@ __all__ = [
     "LlaraInputBuilder",
     "LlaraModel",
     "LlaraPreTrainedModel",
-    "encode",
     "resolve_dtype",
 ]

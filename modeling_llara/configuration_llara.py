@@ -59,8 +59,8 @@ class LlaraConfig(PreTrainedConfig):
         max_text_tokens (`int`, defaults to 512): budget of text tokens (prompt excluded), as in the card recipe.
         auto_dtype (`"auto"` or `"float32"`, defaults to `"auto"`): what an `auto` compute dtype means for this
             model. `"auto"`: bf16 on hardware that runs it natively, fp32 elsewhere. `"float32"`: always fp32
-            (stage-1 exports write it: without contrastive fine-tuning, bf16 costs these models about 0.01
-            nDCG@10 zero-shot). An explicit dtype always wins.
+            (stage-1 exports write it: before contrastive fine-tuning, bf16 rounding costs these models
+            retrieval quality). An explicit dtype always wins.
     """
 
     model_type = "llara"

@@ -39,11 +39,13 @@ except ImportError:  # only sentence-transformers imports this file; keep transf
 
 MODULE_CLASS_REF = "sentence_llara.LlaraSentenceEncoder"
 MODULE_CONFIG_FILE = "sentence_llara_config.json"
-SHIPPED_FILES = ("sentence_llara.py", "modeling_llara.py", "configuration_llara.py")
+# Every code file of a LLaRA folder: the embedder, its config, this module, and the pretraining model
+# (``AutoModelForPreTraining`` in the folder's auto_map, to continue stage-1 pretraining).
+SHIPPED_FILES = ("sentence_llara.py", "modeling_llara.py", "pretraining_llara.py", "configuration_llara.py")
 # The named prompts of config_sentence_transformers.json. sentence-transformers resolves ``prompt_name`` to
 # the prompt *string* before the module sees it, so the two names need distinct strings to reach the right
 # suffix; the module maps them back to a task and never puts them into the text (the LLaRA template carries
-# the instruction). Empty strings, as before, made ``prompt_name="query"`` embed with the passage suffix.
+# the instruction). Empty strings would make ``prompt_name="query"`` embed with the passage suffix.
 PROMPT_TASKS = {"<llara:query>": "query", "<llara:document>": "document"}
 NAMED_PROMPTS = {task: marker for marker, task in PROMPT_TASKS.items()}
 

@@ -113,6 +113,24 @@ def save_tiny_base(path: Path, family: str = "llama", seed: int = 0, **overrides
     return path
 
 
+def encode(model, builder, texts, task=None, batch_size=32, max_length=None, max_text_tokens=None):
+    """The raw-model reference embeddings: ``LlaraModel`` called directly on ``builder``'s inputs, in
+    length-sorted batches (right padding); returns (len(texts), hidden) float32. sentence-transformers and the
+    card recipe are checked against it."""
+    import torch
+
+    ids = builder.build_ids(texts, task=task, max_length=max_length, max_text_tokens=max_text_tokens)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    device = next(model.parameters()).device
+    out = torch.empty((len(ids), model.config.get_text_config().hidden_size), dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = builder.pad([ids[i] for i in chunk])
+            out[chunk] = model(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu()
+    return out
+
+
 def card_recipe_embed(backbone, tokenizer, texts, suffix, max_length=512):
     """The released model-card recipe (BAAI/LLARA-* cards), on the bare backbone and its own tokenizer: left
     padding to a multiple of 8, max_length on the text only, hidden_states[-1][:, -8:] mean, L2 norm."""

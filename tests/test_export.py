@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, make_tokenizer
+from conftest import REPO_ROOT, encode, make_tokenizer
 
 QUERIES = ["how to compress a folder", "", "a query with <s1> inside"]
 DOCUMENTS = ["GNU tar saves many files together into a single archive.", "short", "x " * 300]
@@ -61,7 +61,7 @@ def _source_embeddings(model_dir: Path) -> dict[str, torch.Tensor]:
     """Embeddings of the source folder through the project's own code (the reference)."""
     from transformers import AutoTokenizer
 
-    from modeling_llara import LlaraInputBuilder, LlaraModel, encode
+    from modeling_llara import LlaraInputBuilder, LlaraModel
 
     model = LlaraModel.from_pretrained(str(model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), config=model.config)
@@ -197,7 +197,7 @@ def test_export_folder_is_a_complete_repository(exported, tiny_llara_dir):
     names = {p.name for p in exported.iterdir()}
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json",
             "config_sentence_transformers.json", "sentence_llara_config.json", "configuration_llara.py",
-            "modeling_llara.py", "sentence_llara.py"} <= names
+            "modeling_llara.py", "pretraining_llara.py", "sentence_llara.py"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(f".{exported.name}.")]  # no staging left
     config = json.loads((exported / "config.json").read_text())
@@ -205,7 +205,7 @@ def test_export_folder_is_a_complete_repository(exported, tiny_llara_dir):
     assert config["auto_map"]["AutoModel"] == "modeling_llara.LlaraModel"
     assert config["auto_map"]["AutoConfig"] == "configuration_llara.LlaraConfig"
     # the shipped code is the project's code, byte for byte
-    for name in ("configuration_llara.py", "modeling_llara.py", "sentence_llara.py"):
+    for name in ("configuration_llara.py", "modeling_llara.py", "pretraining_llara.py", "sentence_llara.py"):
         assert (exported / name).read_bytes() == (REPO_ROOT / "modeling_llara" / name).read_bytes()
     st_config = json.loads((exported / "config_sentence_transformers.json").read_text())
     assert set(st_config["prompts"]) == {"query", "document"}
@@ -223,6 +223,28 @@ def test_export_folder_is_a_complete_repository(exported, tiny_llara_dir):
     builder = LlaraInputBuilder(AutoTokenizer.from_pretrained(str(tiny_llara_dir), config=llara_config), llara_config)
     longest = builder.build_ids(["y" * 5000], task="query") + builder.build_ids(["y" * 5000], task="document")
     assert tokenizer_config["model_max_length"] == max(len(ids) for ids in longest)
+
+
+def test_export_with_lm_head_loads_with_auto_model_for_pretraining(tmp_path, tiny_llara_dir):
+    from transformers import AutoModelForPreTraining
+
+    from hub_card.export import export_model
+    from modeling_llara import LlaraForPretraining
+
+    # Given a folder exported with its LM head (to continue stage-1 pretraining)
+    out = export_model(tiny_llara_dir, tmp_path / "with-head", repo_id="test-org/llara-tiny", keep_lm_head=True,
+                       lookup_mteb_tasks=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlaraForPretraining"]
+    assert config["auto_map"]["AutoModelForPreTraining"] == "pretraining_llara.LlaraForPretraining"
+    assert (out / "pretraining_llara.py").read_bytes() == (REPO_ROOT / "modeling_llara" / "pretraining_llara.py").read_bytes()
+    # When AutoModelForPreTraining loads it with the folder's code
+    model = AutoModelForPreTraining.from_pretrained(str(out), trust_remote_code=True)
+    # Then the folder's pretraining_llara.py builds it, with the source's LM head
+    assert type(model).__module__.startswith("transformers_modules.") and type(model).__name__ == "LlaraForPretraining"
+    assert type(model).__module__.endswith(".pretraining_llara")
+    source = LlaraForPretraining.from_pretrained(str(tiny_llara_dir))
+    torch.testing.assert_close(model.lm_head.weight.float(), source.lm_head.weight.float(), atol=0, rtol=0)
 
 
 def test_card_metadata_parses_and_comes_from_the_inputs(exported, export_inputs):
@@ -278,7 +300,7 @@ def test_lora_adapter_is_merged_into_full_weights(tmp_path, tiny_llara_dir):
     from transformers import AutoTokenizer
 
     from hub_card.export import export_model
-    from modeling_llara import LlaraInputBuilder, LlaraModel, encode
+    from modeling_llara import LlaraInputBuilder, LlaraModel
 
     # Given: a LoRA adapter with non-zero weights over the tiny LLaRA model, saved as peft writes it
     torch.manual_seed(0)

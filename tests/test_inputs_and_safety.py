@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from modeling_llara import LlaraInputBuilder, encode
+from conftest import encode
+from modeling_llara import LlaraInputBuilder
 
 SHIPPED = Path(__file__).resolve().parent.parent / "modeling_llara"
-SHIPPED_FILES = ["configuration_llara.py", "modeling_llara.py", "sentence_llara.py"]
+SHIPPED_FILES = ["configuration_llara.py", "modeling_llara.py", "pretraining_llara.py", "sentence_llara.py"]
 
 
 @pytest.fixture(scope="module")

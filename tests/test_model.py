@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tokenizer, save_tiny_base, tiny_text_config
+from conftest import encode, make_tokenizer, save_tiny_base, tiny_text_config
 from transformers import AutoModel, AutoTokenizer, LlamaModel
 
-from modeling_llara import LlaraConfig, LlaraInputBuilder, LlaraModel, encode
+from modeling_llara import LlaraConfig, LlaraInputBuilder, LlaraModel
 from trainers.convert import convert
 
 TEXTS = [

@@ -10,10 +10,14 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
+import modeling_llara
 import modeling_llara.modeling_llara as modeling
-from modeling_llara import LlaraInputBuilder, LlaraModel, encode
+import trainers.cpu_attention as cpu_attention
+from conftest import encode
+from modeling_llara import LlaraInputBuilder, LlaraModel
 from modeling_llara.modeling_llara import cpu_supports_fast_bf16, resolve_dtype
 from modeling_llara.sentence_llara import LlaraSentenceEncoder
+from trainers.cpu_attention import cpu_bf16_training_attention
 
 TEXTS = [
     "nginx is a small, fast HTTP server and reverse proxy. " * 4,
@@ -46,12 +50,12 @@ def test_cpu_bf16_detection_without_cpuinfo_says_no(tmp_path):
 @pytest.mark.parametrize(("flags", "named"), [(AMX_FLAGS + " avx512_bf16", ["amx_bf16", "avx512_bf16"]),
                                               (AVX512_BF16_FLAGS, ["avx512_bf16"]), (PLAIN_FLAGS, [])])
 def test_run_records_name_the_cpu_and_its_bf16_flags(tmp_path, flags, named):
-    from trainers.run_records import cpu_model
+    from trainers.run_records import cpu_bf16_flags, cpu_model
 
     # bf16 kernels (and so bf16 results) differ between CPUs with and without AMX: results say which ran them
     path = _cpuinfo(tmp_path, flags)
     assert cpu_model(path) == "test cpu"
-    assert modeling.cpu_bf16_flags(path) == named
+    assert cpu_bf16_flags(path) == named
 
 
 @pytest.fixture
@@ -224,7 +228,7 @@ def _training_model(tiny_llara_dir, model_class: str):
     from trainers.pretraining import PretrainingCollator
 
     torch.manual_seed(0)
-    model = getattr(modeling, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
+    model = getattr(modeling_llara, model_class).from_pretrained(tiny_llara_dir, attn_implementation="sdpa").train()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llara_dir, trust_remote_code=True)
     texts = ["apt kernel driver python library", "font icon", "server client daemon tool shell audio"]
     # embeddings are unit vectors: a fixed direction gives a loss (and gradients) that depend on them
@@ -243,19 +247,18 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     model, embed, direction = _training_model(tiny_llara_dir, model_class)
     out = lambda: (embed() @ direction).sum()  # noqa: E731
     calls = []
-    real = modeling._sdpa_in_fp32
-    monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION,
+    real = cpu_attention._sdpa_in_fp32
+    monkeypatch.setitem(cpu_attention.AttentionInterface._global_mapping, cpu_attention._CPU_BF16_TRAINING_ATTENTION,
                         lambda *a, **k: calls.append(a[1].dtype) or real(*a, **k))
     sdpa_calls = _spy_on_sdpa(monkeypatch)
 
     def grads(fp32_attention: bool):
         model.zero_grad(set_to_none=True)
-        if not fp32_attention:  # the plain bf16 sdpa path, for reference
-            monkeypatch.setattr(modeling, "cpu_bf16_training_attention", lambda backbone: contextlib.nullcontext())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # the trainers' compute_loss runs the forward under the context; without it: the plain bf16 sdpa path
+        context = cpu_bf16_training_attention(model) if fp32_attention else contextlib.nullcontext()
+        with context, torch.autocast("cpu", dtype=torch.bfloat16):
             loss = out()
         loss.backward()
-        monkeypatch.undo() if not fp32_attention else None
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     # When the same step runs with the fp32 attention path and with bf16 sdpa
@@ -265,15 +268,15 @@ def test_cpu_bf16_training_runs_attention_in_fp32_with_the_same_gradients(tiny_l
     assert len(calls) == layers
     assert sdpa_calls == [(torch.float32, False)] * layers
     assert model.model.config._attn_implementation == "sdpa"
-    monkeypatch.setitem(modeling.AttentionInterface._global_mapping, modeling._CPU_BF16_TRAINING_ATTENTION, real)
+    calls.clear()
     loss_bf16, with_bf16 = grads(False)
+    assert calls == []  # the model itself never switches: only the training code does
     # And it computes the same step up to bf16 rounding
     assert loss_fp32_attn == pytest.approx(loss_bf16, rel=2e-2)
     for name, grad in with_bf16.items():
         assert (with_fp32[name] - grad).norm() <= 0.05 * grad.norm() + 1e-6, name
-    # And inference (no grad) keeps plain bf16 sdpa
-    calls.clear()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    # And inference (no grad, as the trainers' evaluation calls compute_loss) keeps plain bf16 sdpa
+    with torch.no_grad(), cpu_bf16_training_attention(model), torch.autocast("cpu", dtype=torch.bfloat16):
         out()
     assert calls == []
 
@@ -305,7 +308,7 @@ def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_att
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             before = out()
         calls = _spy_on_sdpa(monkeypatch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_bf16_training_attention(model), torch.autocast("cpu", dtype=torch.bfloat16):
             loss = (out() @ direction).sum()
         loss.backward()
         # the fp32 attention ran in the forward and, checkpointed, again in the recompute
@@ -320,3 +323,64 @@ def test_cpu_bf16_training_with_activation_checkpointing_recomputes_the_same_att
     assert loss_ckpt == loss_plain and plain.keys() == ckpt.keys() and plain
     for name in plain:
         assert torch.equal(ckpt[name], plain[name]), name
+
+
+def _spy_on_fp32_attention(monkeypatch) -> list:
+    """Record (gradients on, CPU autocast on) at every call of the fp32-capable attention the trainers select."""
+    calls, real = [], cpu_attention._sdpa_in_fp32
+
+    def spy(*args, **kwargs):
+        calls.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(cpu_attention.AttentionInterface._global_mapping, cpu_attention._CPU_BF16_TRAINING_ATTENTION, spy)
+    return calls
+
+
+def test_the_pretrainer_runs_bf16_cpu_training_attention_in_fp32(tiny_llara_dir, tmp_path, monkeypatch):
+    from conftest import equal_length_corpus
+    from trainers.pretraining.data import PretrainingDataArguments
+    from trainers.pretraining.run import PretrainingModelArguments, build_pretrainer
+    from trainers.pretraining.trainer import PretrainingArguments
+
+    # Given a one-step --bf16 run on CPU (fp32 master weights: autocast starts inside the model's forward)
+    trainer, _ = build_pretrainer(
+        PretrainingModelArguments(model_name_or_path=str(tiny_llara_dir)),
+        PretrainingDataArguments(train_files=[str(equal_length_corpus(tmp_path / "c.txt", docs=4))], max_length=190,
+                                 chunk_tokens=200),
+        PretrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, disable_tqdm=True,
+                             save_strategy="no", logging_strategy="no", max_steps=1, per_device_train_batch_size=4,
+                             bf16=True),
+    )
+    calls, sdpa_calls = _spy_on_fp32_attention(monkeypatch), _spy_on_sdpa(monkeypatch)
+    # When it trains
+    trainer.train()
+    # Then its compute_loss selected the fp32 attention, which computed every layer in fp32 with autocast off
+    layers = trainer.model.config.get_text_config().num_hidden_layers
+    assert calls == [(True, True)] * layers
+    assert sdpa_calls == [(torch.float32, False)] * layers
+
+
+@pytest.mark.parametrize("gradcache", [0, 3])
+def test_the_finetune_trainer_runs_bf16_cpu_training_attention_in_fp32(tiny_llara_dir, tmp_path, monkeypatch, gradcache):
+    import json
+
+    from trainers.finetuning.trainer import LlaraFinetuneConfig, finetune
+
+    rows = [{"query": f"q{i} apt kernel", "pos": [f"p{i} driver python library"], "neg": [f"n{i} font icon"]}
+            for i in range(4)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    calls, sdpa_calls = _spy_on_fp32_attention(monkeypatch), _spy_on_sdpa(monkeypatch)
+    # Given a one-step --bf16 LoRA run on CPU, with and without GradCache (which re-embeds during backward)
+    args = LlaraFinetuneConfig(output_dir=str(tmp_path / "run"), group_size=2, lora_r=4, per_device_train_batch_size=4,
+                               max_steps=1, use_cpu=True, bf16=True, save_strategy="no", report_to="none",
+                               gradcache_chunk_size=gradcache)
+    # When it trains
+    finetune(tiny_llara_dir, data, args, save_final=False)
+    # Then every forward with gradients (GradCache's too, run during backward) ran under autocast through the fp32
+    # attention, which computed it in fp32 with autocast off; GradCache's first, gradient-free pass kept plain sdpa
+    training = [call for call in calls if call[0]]
+    assert training and all(autocast for _, autocast in training)
+    assert sdpa_calls.count((torch.float32, False)) == len(training)
+    assert len(calls) == (2 if gradcache else 1) * len(training)

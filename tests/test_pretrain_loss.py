@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from modeling_llara.modeling_llara import SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
+from modeling_llara.pretraining_llara import SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
 import trainers.pretraining.loss as loss_impl
 from trainers.pretraining import EbaeEbarLoss, PretrainingCollator, bow_loss_from_logits
 from trainers.pretraining.collator import clean_target_text, english_stopwords
@@ -99,6 +99,29 @@ def test_loss_modes():
     with pytest.raises(ValueError, match="loss mode"):
         EbaeEbarLoss("other")
     assert EbaeEbarLoss().get_config_dict()["ebae_weight"] == 0.05 and "2312.15503" in EbaeEbarLoss().citation
+
+
+def test_reference_mode_with_one_bag_of_words_term_uses_it_alone():
+    # Given the released combination: average the bag-of-words losses that are present, each divided by 10
+    def released(lm, terms):
+        return lm + sum(term / 10 for term in terms) / len(terms)
+
+    torch.manual_seed(2)
+    out = SimpleNamespace(
+        summarize_logits=torch.randn(3, 8, 30), predict_logits=torch.randn(3, 8, 30), lm_loss=torch.tensor(1.5)
+    )
+    ebae_t, ebar_t = torch.randint(0, 30, (3, 6)), torch.randint(0, 30, (3, 6))
+    ebae = bow_loss_from_logits(out.summarize_logits, ebae_t)[0]
+    ebar = bow_loss_from_logits(out.predict_logits, ebar_t)[0]
+    # When one term is switched off in reference mode ("EBAE + LM", "EBAR + LM")
+    ebae_lm, parts = EbaeEbarLoss("reference", ebar_weight=0.0)(out, ebae_t, ebar_t)
+    ebar_lm, _ = EbaeEbarLoss("reference", ebae_weight=0.0)(out, ebae_t, ebar_t)
+    # Then the other counts alone, as in the released code; both present stay averaged; explicit weights win
+    torch.testing.assert_close(ebae_lm, released(1.5, [ebae]))
+    torch.testing.assert_close(ebar_lm, released(1.5, [ebar]))
+    torch.testing.assert_close(EbaeEbarLoss("reference")(out, ebae_t, ebar_t)[0], released(1.5, [ebae, ebar]))
+    assert EbaeEbarLoss("reference", ebar_weight=0.0, ebae_weight=0.3).ebae_weight == 0.3
+    assert EbaeEbarLoss("reference", ebae_weight=0.0, ebar_weight=0.0).get_config_dict()["lm_weight"] == 1.0
 
 
 @pytest.fixture(scope="module")

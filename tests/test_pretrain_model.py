@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import modeling_llara.modeling_llara as llara_impl
+import modeling_llara.pretraining_llara as llara_impl
 from modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel
-from modeling_llara.modeling_llara import (
+from modeling_llara.pretraining_llara import (
     SEGMENT_PAD,
     SEGMENT_PREDICT,
     SEGMENT_SUMMARIZE,
@@ -275,3 +275,40 @@ def test_default_lm_chunk_follows_the_vocabulary(tiny_llara_dir, tokenizer, monk
     model(**{k: batch[k] for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")})
     # Then the chunk is sized from the model's vocabulary and the module's byte budget
     assert model.config.get_text_config().vocab_size == 276 and seen == [20]
+
+
+def test_saved_folder_loads_with_auto_model_for_pretraining_in_a_fresh_process(tiny_llara_dir, tokenizer, tmp_path):
+    import json
+
+    from conftest import run_isolated
+
+    # Given the pretraining model's outputs on one batch through the project's code
+    model = _load(LlaraForPretraining, tiny_llara_dir, "sdpa")
+    batch = PretrainingCollator(tokenizer, model.config, max_length=190)([{"input": t, "next": None} for t in TEXTS])
+    inputs = {k: batch[k].tolist() for k in ("input_ids", "attention_mask", "segment_ids", "lm_labels")}
+    with torch.no_grad():
+        expected = model(**{k: torch.tensor(v) for k, v in inputs.items()})
+    # When a fresh process without the project loads the folder with AutoModelForPreTraining (and AutoModel)
+    code = f"""
+import json, torch
+from transformers import AutoModel, AutoModelForPreTraining
+folder = {str(tiny_llara_dir)!r}
+model = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True, attn_implementation="sdpa").eval()
+embedder = AutoModel.from_pretrained(folder, trust_remote_code=True)
+inputs = {{k: torch.tensor(v) for k, v in json.loads({json.dumps(inputs)!r}).items()}}
+with torch.no_grad():
+    out = model(**inputs)
+print(json.dumps({{"class": type(model).__module__ + "." + type(model).__name__, "embedder": type(embedder).__name__,
+                   "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+                   "summarize": out.summarize_embeds.tolist(), "predict_logits": out.predict_logits.tolist(),
+                   "lm_loss": out.lm_loss.item()}}))
+"""
+    result = run_isolated(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    # Then the folder's own pretraining_llara.py builds the model and it computes what the project's code computes
+    assert got["class"].startswith("transformers_modules.") and got["class"].endswith(".pretraining_llara.LlaraForPretraining")
+    assert got["embedder"] == "LlaraModel" and got["tied"] is False
+    torch.testing.assert_close(torch.tensor(got["summarize"]), expected.summarize_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(got["predict_logits"]), expected.predict_logits, atol=1e-4, rtol=1e-5)
+    assert got["lm_loss"] == pytest.approx(expected.lm_loss.item(), rel=1e-5)

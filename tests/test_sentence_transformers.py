@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_isolated
+from conftest import encode, run_isolated
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
-from modeling_llara import LlaraInputBuilder, encode
+from modeling_llara import LlaraInputBuilder
 
 QUERIES = ["web server", "a tool that checks python code for style problems", ""]
 DOCS = [

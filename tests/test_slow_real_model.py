@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from modeling_llara import LlaraForPretraining, LlaraInputBuilder, LlaraModel
-from modeling_llara.modeling_llara import SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
+from modeling_llara.pretraining_llara import SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
 from trainers.pretraining import PretrainingCollator
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,12 +25,19 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return _cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
 
 
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The native bf16 flags (of ``modeling_llara.modeling_llara.FAST_BF16_CPU_FLAGS``: AMX-BF16, AVX512-BF16)
+    this CPU has, read from ``cpuinfo``'s first flags line. A system without that file (not Linux) has none."""
+    from modeling_llara.modeling_llara import FAST_BF16_CPU_FLAGS
+
+    flags = set(_cpuinfo_field("flags", cpuinfo).split())
+    return [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]
+
+
 def environment() -> dict:
     """Where a result was measured: CPU model and bf16 flags, threads, CUDA device, torch version (bf16 kernels,
     and so bf16 results, differ between CPUs with and without AMX)."""
     import torch
-
-    from modeling_llara.modeling_llara import cpu_bf16_flags
 
     return {
         "cpu": cpu_model(),

@@ -3,7 +3,7 @@
 Each row is ``prefix + text[:budget] + summarize suffix + predict suffix``; the text is cut *before* the
 suffixes are appended, so they are never truncated, and ``max_length`` counts the whole row (the released
 run: 128 tokens in all, 89 of text with LLaMA-2's prompts). ``segment_ids`` name the four parts for the
-model's position ids and 4D mask (``modeling_llara.SEGMENT_*``).
+model's position ids and 4D mask (``modeling_llara.pretraining_llara.SEGMENT_*``).
 
 Targets of the bag-of-words losses are token-id lists padded with -1: EBAE's is the text the model sees
 (or the record's explicit ``summarize_target``), EBAR's the next passage (cut to ``max_target_tokens``).
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from modeling_llara import LlaraConfig, LlaraInputBuilder
-from modeling_llara.modeling_llara import SEGMENT_PAD, SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
+from modeling_llara.pretraining_llara import SEGMENT_PAD, SEGMENT_PREDICT, SEGMENT_SUMMARIZE, SEGMENT_TEXT
 
 from .loss import IGNORE_INDEX
 

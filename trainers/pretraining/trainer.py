@@ -1,12 +1,13 @@
 """``LlaraPretrainer``: LLaRA stage 1 (EBAE/EBAR) as a ``transformers.Trainer`` subclass.
 
-The model is the shipped ``modeling_llara.LlaraForPretraining`` (optionally wrapped by peft); one forward
-gives both suffixes' special-token logits, :class:`~trainers.pretraining.loss.EbaeEbarLoss` combines them.
-Only ``compute_loss`` is overridden (plus ``log``, to report the ``ebae``, ``ebar`` and ``lm`` terms next
-to ``loss``). ``model_accepts_loss_kwargs`` is False: the loss is a per-micro-batch mean and the Trainer
-divides it by the accumulation steps, so batch 8 x 1 and batch 2 x 4 give the same update (exactly for
-the bag-of-words terms, which average rows; for the LM term when micro-batches hold equal token counts,
-as in the released code's per-device token mean).
+The model is the shipped ``modeling_llara.pretraining_llara.LlaraForPretraining`` (optionally wrapped by
+peft); one forward gives both suffixes' special-token logits, :class:`~trainers.pretraining.loss.EbaeEbarLoss`
+combines them. Only ``compute_loss`` is overridden (plus ``log``, to report the ``ebae``, ``ebar`` and ``lm``
+terms next to ``loss``); it runs the forward under :func:`~trainers.cpu_attention.cpu_bf16_training_attention`
+(fp32 attention while training in bf16 on CPU). ``model_accepts_loss_kwargs`` is False: the loss is a
+per-micro-batch mean and the Trainer divides it by the accumulation steps, so batch 8 x 1 and batch 2 x 4
+give the same update (exactly for the bag-of-words terms, which average rows; for the LM term when
+micro-batches hold equal token counts, as in the released code's per-device token mean).
 """
 
 from __future__ import annotations
@@ -76,13 +77,16 @@ class LlaraPretrainer(Trainer):
         self._parts_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            segment_ids=inputs["segment_ids"],
-            lm_labels=inputs["lm_labels"] if self.loss.uses_lm else None,
-            lm_chunk_size=getattr(self.args, "lm_chunk_size", 0) or None,
-        )
+        from trainers.cpu_attention import cpu_bf16_training_attention  # model code: not loaded by `--help`
+
+        with cpu_bf16_training_attention(model):
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                segment_ids=inputs["segment_ids"],
+                lm_labels=inputs["lm_labels"] if self.loss.uses_lm else None,
+                lm_chunk_size=getattr(self.args, "lm_chunk_size", 0) or None,
+            )
         loss, parts = self.loss(outputs, inputs["ebae_target_ids"], inputs["ebar_target_ids"])
         if model.training:
             for name, value in parts.items():
