@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,23 +79,6 @@ def _resolve_base(adapter_dir: Path, base: str) -> Path:
     )
 
 
-def _merge_adapter(base_model, adapter_dir: Path):
-    """Fold a peft LoRA adapter into ``base_model``; the result keeps the LLaRA class."""
-    try:  # the project's helpers (trainers/lora.py), when present
-        from trainers.lora import load_lora, merge_lora
-    except ImportError:
-        load_lora = merge_lora = None
-    if load_lora is not None:
-        return merge_lora(load_lora(base_model, adapter_dir))
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when wrapping a model:
-        # a warning about peft's code, not about this export.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-
-
 def load_source(model_dir: str | os.PathLike, keep_lm_head: bool = False) -> LoadedSource:
     """Load a LLaRA folder or a LoRA adapter folder over one, merged, with its checked tokenizer."""
     import modeling_llara  # noqa: F401  (registers the LLaRA classes for the Auto API)
@@ -134,7 +116,9 @@ def load_source(model_dir: str | os.PathLike, keep_lm_head: bool = False) -> Loa
             f"{model.get_input_embeddings().weight.shape[0]} embedding rows: they do not belong together"
         )
     if lora:
-        model = _merge_adapter(model, folder)
+        from trainers.lora import load_merged
+
+        model = load_merged(folder, base=model)  # the result keeps the LLaRA class
         if not isinstance(model, (LlaraModel, LlaraForPretraining)):
             raise TypeError(f"merging {folder} gave a {type(model).__name__}, expected a LLaRA model")
     return LoadedSource(model=model.eval(), tokenizer=tokenizer, folder=folder, lora=lora, base_folder=base_folder)

@@ -184,13 +184,40 @@ def test_write_beir_rejects_dangling_qrels(tmp_path):
 
 
 def test_training_and_pretraining_writers(splits, tmp_path):
-    train = _read_jsonl(dd.write_training_jsonl(splits.train_pairs[:5], tmp_path / "train.jsonl"))
-    assert train == [{"query": p["query"], "pos": [p["document"]], "neg": []} for p in splits.train_pairs[:5]]
+    # the training pairs are written in the released layout, each named by its package id
+    train = _read_jsonl(dd.write_training_jsonl(tmp_path / "train.jsonl", splits.train_pairs[:5]))
+    assert train == [{"id": p["id"], "query": p["query"], "pos": [p["document"]], "neg": []} for p in splits.train_pairs[:5]]
     pre = _read_jsonl(dd.write_pretraining_text(splits.pretrain_docs[:5], tmp_path / "pre.jsonl"))
     assert pre == [{"text": d["text"]} for d in splits.pretrain_docs[:5]]
     with pytest.raises(ValueError, match="query"):
-        dd.write_training_jsonl([{"document": "x"}], tmp_path / "bad.jsonl")
+        dd.write_training_jsonl(tmp_path / "bad.jsonl", [{"document": "x"}])
     assert not (tmp_path / "bad.jsonl").exists()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        dd.write_training_jsonl(tmp_path / "train.jsonl", splits.train_pairs[:1])
+    dd.write_training_jsonl(tmp_path / "train.jsonl", splits.train_pairs[:1], overwrite=True)
+    assert len(_read_jsonl(tmp_path / "train.jsonl")) == 1
+
+
+def test_training_pairs_and_mined_examples_share_one_writer(splits, tmp_path):
+    from trainers.finetuning.data import ContrastiveExample, load_examples
+    from trainers.finetuning.mining import write_training_jsonl as mining_writer
+    from trainers.io import write_training_jsonl
+
+    # Given the Debian pairs as dicts and the same pairs as ContrastiveExamples (as mining returns them)
+    pairs = splits.train_pairs[:4]
+    examples = [ContrastiveExample(p["query"], [p["document"]], [], p["id"]) for p in pairs]
+    # When both are written by the one writer, under each module's name
+    assert dd.write_training_jsonl is mining_writer is write_training_jsonl
+    from_dicts = write_training_jsonl(tmp_path / "dicts.jsonl", pairs)
+    from_examples = write_training_jsonl(tmp_path / "examples.jsonl", examples)
+    # Then the files are the same and load back as the examples
+    assert from_dicts.read_bytes() == from_examples.read_bytes()
+    assert load_examples(from_dicts)[0] == examples
+    # and a row that cannot train anything is refused before the file appears
+    for bad, message in (({"query": "q"}, "no positive"), ({"query": "q", "pos": [1]}, "'pos' must be")):
+        with pytest.raises(ValueError, match=message):
+            write_training_jsonl(tmp_path / "bad.jsonl", [bad])
+        assert not (tmp_path / "bad.jsonl").exists()
 
 
 # --- loading errors ------------------------------------------------------------

@@ -215,3 +215,36 @@ def test_sigkill_then_resume_skips_a_half_written_checkpoint_and_equals_an_unint
     a, b = _safetensors(killed / "final"), _safetensors(whole / "final")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_sharded_lora_export_path_equals_direct_merge(tiny_llara_dir, train_jsonl, tmp_path, monkeypatch):
+    from trainers.finetuning import trainer as ft
+    from trainers.finetuning.data import ContrastiveDataset, load_examples
+
+    # Given a short LoRA run (in process: its live model is the peft model)
+    args = ft.LlaraFinetuneConfig(
+        output_dir=str(tmp_path / "run"), group_size=2, query_max_length=72, passage_max_length=88, lora_r=4,
+        per_device_train_batch_size=4, max_steps=2, use_cpu=True, learning_rate=0.05, save_strategy="no",
+        report_to="none", seed=3,
+    )
+    examples, corpus, report = load_examples(train_jsonl)
+    groups = ContrastiveDataset(examples, group_size=2, corpus=corpus, seed=3, report=report)
+    backbone, tokenizer = ft.load_finetune_model(tiny_llara_dir, args)
+    trainer = ft.LlaraFinetuneTrainer(model=ft.build_sentence_model(backbone, tokenizer, tiny_llara_dir), args=args,
+                                      train_dataset=groups.to_dataset(), processing_class=tokenizer)
+    trainer.train()
+    # When the DeepSpeed/FSDP path exports from the adapter the Trainer gathers (merged over the rebuilt base),
+    # and then the plain path merges the live model
+    monkeypatch.setattr(ft, "is_sharded", lambda trainer: True)
+    via_adapter = ft.export_finetuned_run(trainer, tokenizer, tiny_llara_dir, tmp_path / "via-adapter")
+    assert (tmp_path / "run" / "final-gathered" / "adapter_config.json").is_file()
+    monkeypatch.setattr(ft, "is_sharded", lambda trainer: False)
+    direct = ft.export_finetuned_run(trainer, tokenizer, tiny_llara_dir, tmp_path / "direct")
+    # Then both folders hold the same files and weights, which differ from the base
+    assert sorted(p.name for p in via_adapter.iterdir()) == sorted(p.name for p in direct.iterdir())
+    a, b, base = _safetensors(via_adapter), _safetensors(direct), _safetensors(tiny_llara_dir)
+    assert a.keys() == b.keys() and not any("lora" in key for key in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-6)
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert json.loads((via_adapter / "config.json").read_text())["auto_dtype"] == "auto"

@@ -35,7 +35,7 @@ def _perturb(peft_model, scale=0.05, seed=0):
 
 
 def _embeddings(model, builder, task):
-    from modeling_llara import encode
+    from conftest import encode
 
     model.eval()
     return encode(model, builder, TEXTS, task=task, batch_size=2)
@@ -102,9 +102,12 @@ results = {}
 for path in sys.argv[2:]:
     model = AutoModel.from_pretrained(path, trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    mod = import_module(type(model).__module__)
-    builder = mod.LlaraInputBuilder(tok, model.config)
-    out = {task: mod.encode(model, builder, texts, task=task, batch_size=2).tolist() for task in ("query", "document")}
+    builder = import_module(type(model).__module__).LlaraInputBuilder(tok, model.config)
+    out = {}
+    for task in ("query", "document"):
+        with torch.inference_mode():  # batches of 2, as the in-process reference embeds them
+            out[task] = [row for start in range(0, len(texts), 2)
+                         for row in model(**builder(texts[start:start + 2], task=task)).pooler_output.tolist()]
     out["class"] = type(model).__name__
     out["peft"] = "peft" in sys.modules
     results[path] = out
@@ -178,6 +181,118 @@ def test_merge_with_tied_lm_head_keeps_the_tie(tmp_path):
         hidden2 = merged.model(input_ids=ids).last_hidden_state
     assert torch.allclose(hidden, hidden2, atol=1e-5)
     assert torch.allclose(logits, merged.lm_head(hidden2), atol=1e-4)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_merge_and_save_writes_what_the_former_merge_then_save_wrote(tiny_llara_dir, tmp_path):
+    from modeling_llara import LlaraInputBuilder, LlaraModel
+    from trainers.convert import save_llara
+    from trainers.lora import load_lora, merge_and_save
+
+    # Given a trained-looking adapter saved by peft, the embeddings of base + adapter, and the folder the former
+    # code path wrote (load_lora -> merge_lora -> save_llara)
+    tokenizer = _tokenizer(tiny_llara_dir)
+    peft_model = apply_lora(LlaraModel.from_pretrained(tiny_llara_dir), r=4)
+    _perturb(peft_model, seed=1)
+    builder = LlaraInputBuilder(tokenizer, peft_model.config)
+    expected = {task: _embeddings(peft_model, builder, task) for task in ("query", "document")}
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    reference = save_llara(merge_lora(load_lora(LlaraModel.from_pretrained(tiny_llara_dir), adapter)).eval(),
+                           tokenizer, tmp_path / "reference", auto_dtype="auto")
+    # When the one merge function merges the adapter folder over its base, and the live peft model
+    from_folder = merge_and_save(adapter, tmp_path / "from-folder", base=tiny_llara_dir, auto_dtype="auto")
+    live = merge_and_save(peft_model, tmp_path / "live", tokenizer, auto_dtype="auto")
+    # Then all three folders hold the same files and the same weights, bit for bit
+    ref_weights = _weights(reference)
+    for folder in (from_folder, live):
+        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
+        got = _weights(folder)
+        assert got.keys() == ref_weights.keys() and not any("lora" in key for key in got)
+        assert all(torch.equal(got[key], ref_weights[key]) for key in got), folder
+        assert json.loads((folder / "config.json").read_text())["auto_dtype"] == "auto"
+    # and the merged model embeds like base + adapter
+    merged = LlaraModel.from_pretrained(str(from_folder))
+    for task in ("query", "document"):
+        torch.testing.assert_close(_embeddings(merged, builder, task), expected[task], atol=1e-5, rtol=1e-4)
+
+
+def test_merge_and_save_keeps_the_lm_head_when_asked_and_passes_plain_models_through(tiny_llara_dir, tmp_path):
+    from modeling_llara import LlaraForPretraining, LlaraModel
+    from trainers.lora import merge_and_save
+
+    # Given an adapter trained on the pretraining class (with its LM head)
+    peft_model = apply_lora(LlaraForPretraining.from_pretrained(tiny_llara_dir), r=4)
+    _perturb(peft_model, seed=2)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    # When it is merged with and without --with-lm-head, and a plain (full-parameter) model is saved through it
+    head = merge_and_save(tmp_path / "adapter", tmp_path / "head", base=tiny_llara_dir, with_lm_head=True)
+    embedder = merge_and_save(tmp_path / "adapter", tmp_path / "embedder", base=tiny_llara_dir)
+    plain = merge_and_save(LlaraModel.from_pretrained(tiny_llara_dir), tmp_path / "plain", _tokenizer(tiny_llara_dir))
+    # Then the head folder is a LlaraForPretraining, the embedder folder a LlaraModel with the same backbone,
+    # and the plain model's weights are written unchanged
+    assert json.loads((head / "config.json").read_text())["architectures"] == ["LlaraForPretraining"]
+    assert json.loads((embedder / "config.json").read_text())["architectures"] == ["LlaraModel"]
+    with_head, without = _weights(head), _weights(embedder)
+    assert all(torch.equal(with_head[key], value) for key, value in without.items())
+    base = _weights(tiny_llara_dir)
+    assert all(torch.equal(base[key], value) for key, value in _weights(plain).items())
+
+
+def test_merge_and_save_refuses_bad_input_before_loading(tiny_llara_dir, tmp_path, monkeypatch):
+    import trainers.lora as lora
+    from modeling_llara import LlaraModel
+
+    # Given a loader that fails loudly: nothing below may reach it
+    monkeypatch.setattr(lora, "load_lora", lambda *a, **k: pytest.fail("loaded weights before refusing"))
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    cases = [
+        (FileNotFoundError, "holds no adapter_config.json", (tmp_path, tmp_path / "out"), {"base": tiny_llara_dir}),
+        (FileExistsError, "overwrite", (tmp_path / "adapter", tmp_path / "exists"), {"base": tiny_llara_dir}),
+        (ValueError, "needs its base", (tmp_path / "adapter", tmp_path / "out"), {}),
+        (ValueError, "needs its tokenizer", (LlaraModel.from_pretrained(tiny_llara_dir), tmp_path / "out"), {}),
+    ]
+    for error, message, args, kwargs in cases:
+        with pytest.raises(error, match=message):
+            lora.merge_and_save(*args, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_both_stages_take_the_same_lora_options(tmp_path):
+    from dataclasses import fields
+
+    from llara.scripts.finetune import make_parser as finetune_parser
+    from llara.scripts.pretrain import make_parser as pretrain_parser
+    from trainers.finetuning.trainer import LlaraFinetuneConfig
+    from trainers.lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, LoraArguments
+    from trainers.pretraining.run import PretrainingModelArguments
+
+    # Given the LoRA flags both commands document
+    lora_fields = {f.name for f in fields(LoraArguments)}
+    assert lora_fields == {"use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "train_special_tokens"}
+    flags = ["--use_lora", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0",
+             "--lora_target_modules", "q_proj", "v_proj", "--output_dir", str(tmp_path)]
+    # When each command parses them
+    finetune_args = finetune_parser().parse_args_and_config([*flags, "--report_to", "none"])[1]
+    pretrain_args = pretrain_parser().parse_args_and_config([*flags, "--train_files", "x.txt", "--report_to", "none"])[0]
+    # Then both hold the same options, for apply_lora and for the run summary
+    expected = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "train_special_tokens": True}
+    assert finetune_args.lora_options() == pretrain_args.lora_options() == expected
+    assert pretrain_args.lora_summary() == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    # and the defaults are the released recipe's, with LoRA on for fine-tuning and off for (released) pretraining
+    finetune_default = LlaraFinetuneConfig(output_dir=str(tmp_path), report_to="none")
+    pretrain_default = PretrainingModelArguments()
+    for args in (finetune_default, pretrain_default):
+        assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (DEFAULT_LORA_R, DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT)
+        assert args.lora_target_modules == list(DEFAULT_TARGET_MODULES) and args.train_special_tokens
+    assert finetune_default.use_lora and not pretrain_default.use_lora and pretrain_default.lora_summary() is None
 
 
 # ---- CPU dropout masks ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ query/positive pairs) and a held-out collection to evaluate on.  The snapshot
 ~37k (short description -> long description) pairs; this module cuts it into
 parts that share no package and no text, and writes them in the formats the
 rest of the project consumes (BEIR for evaluation, LLaRA/FlagEmbedding JSONL
-for training).
+for training: ``write_training_jsonl(path, splits.train_pairs)``, from
+:mod:`trainers.io`).
 
 This is a library module: it never prints and never parses argv.
 """
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from trainers.io import atomic_write_lines, iter_jsonl, staged_dir, write_jsonl
+# write_training_jsonl is re-exported: it writes make_splits' training pairs (query + document -> pos).
+from trainers.io import atomic_write_lines, iter_jsonl, staged_dir, write_jsonl, write_training_jsonl
 
 ENV_VAR = "LLARA_DEBIAN_DATA"
 DEFAULT_SNAPSHOT = Path(__file__).resolve().parent.parent / "data" / "debian" / "descriptions.jsonl.gz"
@@ -234,34 +236,6 @@ def write_beir(collection: TestCollection, out_dir: str | os.PathLike, *, overwr
                 qrel_lines.append(f"{qid}\t{did}\t{int(score)}")
         atomic_write_lines(tmp / "qrels" / "test.tsv", qrel_lines)
     return target
-
-
-def _positive_text(pair: Mapping) -> str:
-    if "document" in pair:
-        return pair["document"]
-    pos = pair.get("pos")
-    if isinstance(pos, str):
-        return pos
-    if isinstance(pos, (list, tuple)) and len(pos) == 1 and isinstance(pos[0], str):
-        return pos[0]
-    raise ValueError(f"pair needs a 'document' string or a single 'pos' text, got keys {sorted(pair)}")
-
-
-def write_training_jsonl(pairs: Iterable[Mapping], path: str | os.PathLike) -> Path:
-    """Write fine-tuning data as ``{"query": str, "pos": [str], "neg": []}`` lines.
-
-    This is the format of the released LLaRA / FlagEmbedding fine-tuning data;
-    negatives are left empty so that hard-negative mining stays a separate,
-    explicit step.  Accepts dicts with ``query`` plus ``document`` (as returned
-    by :func:`make_splits`) or ``pos``.
-    """
-    def records():
-        for i, pair in enumerate(pairs):
-            query = pair.get("query")
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"training pair #{i} has no non-empty 'query' string")
-            yield {"query": query, "pos": [_positive_text(pair)], "neg": []}
-    return write_jsonl(path, records())
 
 
 def write_pretraining_text(docs: Iterable[Mapping | str], path: str | os.PathLike) -> Path:

@@ -1,4 +1,5 @@
-"""Atomic file and folder writes, and JSON-lines reading and writing.
+"""Atomic file and folder writes, and JSON-lines reading and writing (the fine-tuning data layout included:
+:func:`write_training_jsonl`).
 
 Every file the project writes goes through a temporary file next to its target that is flushed, fsynced and
 renamed over the target, so a reader (or a rerun after a crash) sees the old file or the new one, never half
@@ -264,6 +265,47 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     return atomic_write_lines(path, (json.dumps(record, ensure_ascii=False) for record in records))
 
 
+def _training_record(row: Any, index: int) -> dict[str, Any]:
+    """One ``{"id"?, "query", "pos", "neg"}`` record from a mapping or a ``ContrastiveExample``-like object."""
+    if isinstance(row, Mapping):
+        query, positives = row.get("query"), row.get("pos", row.get("document"))
+        negatives, query_id = row.get("neg"), row.get("id")
+    else:
+        query, positives = getattr(row, "query", None), getattr(row, "pos", None)
+        negatives, query_id = getattr(row, "neg", None), getattr(row, "query_id", None)
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"training row #{index} has no non-empty 'query' string")
+    if positives is None or (isinstance(positives, (list, tuple)) and not positives):
+        raise ValueError(f"training row #{index} has no positive ('pos' texts or a 'document' string)")
+    positives = [positives] if isinstance(positives, str) else positives
+    negatives = [] if negatives is None else [negatives] if isinstance(negatives, str) else negatives
+    for key, texts in (("pos", positives), ("neg", negatives)):
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"training row #{index}: {key!r} must be a text or a list of texts, got {texts!r:.80}")
+    record = {} if query_id is None else {"id": query_id}
+    record.update(query=query, pos=list(positives), neg=list(negatives))
+    return record
+
+
+def write_training_jsonl(path: str | os.PathLike[str], rows: Iterable[Any], overwrite: bool = False) -> Path:
+    """Write fine-tuning data as ``{"query": str, "pos": [str], "neg": [str]}`` lines (plus ``"id"`` when known),
+    atomically: the layout of the released LLaRA / FlagEmbedding data, which ``load_examples`` reads back.
+
+    ``rows``: ``ContrastiveExample`` objects (``query``, ``pos``, ``neg``, ``query_id``) or mappings with ``query``, the
+    positives as ``pos`` (a list or one text) or ``document`` (a query/document pair, as
+    ``trainers.debian_data.make_splits`` returns), and optional ``neg`` and ``id``. Missing negatives are written as
+    ``[]``, so that hard-negative mining stays a separate, explicit step.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        ValueError: a row without a non-empty query or without a positive (nothing is written).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    return write_jsonl(path, (_training_record(row, index) for index, row in enumerate(rows)))
+
+
 __all__ = [
     "JsonlFormatError",
     "atomic_open",
@@ -281,4 +323,5 @@ __all__ = [
     "staged_dir",
     "staging_dir_for",
     "write_jsonl",
+    "write_training_jsonl",
 ]

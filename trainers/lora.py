@@ -8,8 +8,11 @@ Training them is our own choice, not the released recipe's (its LoRA leaves them
 (a 16 x hidden delta, not the whole vocabulary as ``modules_to_save`` would). When the backbone ties its
 LM head to the input embeddings (SmolLM2), peft ties the trainable rows of both.
 
+:class:`LoraArguments` holds the LoRA options of both training stages (``--use_lora``, ``--lora_r``, ...).
 :func:`merge_lora` folds adapters and token deltas back into the weights and returns the plain
-``LlaraModel`` / ``LlaraForPretraining``, which ``trainers.convert.save_llara`` writes as a full model.
+``LlaraModel`` / ``LlaraForPretraining``; :func:`load_merged` does that for a live peft model or for an adapter
+folder over its base, and :func:`merge_and_save` writes the result as a complete LLaRA folder (every export of a
+LoRA run goes through these two).
 
 Dropout masks on CPU (our own implementation choice, the same distribution): torch's CPU ``bernoulli_`` draws one
 Mersenne-Twister number per element, and the released dropout (0.1 on the input of every adapted projection)
@@ -30,10 +33,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import types
 import warnings
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -44,6 +50,59 @@ DEFAULT_LORA_R = 64
 DEFAULT_LORA_ALPHA = 16
 DEFAULT_LORA_DROPOUT = 0.1
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# Not trl's ``ModelConfig``, although its LoRA fields share our names: its switch is ``--use_peft`` where our
+# commands, recipes and README say ``--use_lora``; its defaults are another recipe's (r=16, alpha=32, dropout 0.05,
+# target modules None, turned into a bare string when one is given); and it brings ``model_name_or_path``, ``dtype``
+# and ``attn_implementation`` fields that collide with the stages' own (``PretrainingModelArguments.model_dtype``
+# and its sdpa/eager-only ``attn_implementation``, the fine-tuning script's ``model_name_or_path``) plus
+# quantization, DoRA and rsLoRA options LLaRA does not wire up.
+@dataclass
+class LoraArguments:
+    """LoRA options of a LLaRA training stage; the defaults are the released fine-tuning recipe's.
+
+    Mixed into ``LlaraFinetuneConfig`` and ``PretrainingModelArguments``, so that both commands take
+    ``--use_lora``, ``--lora_r``, ``--lora_alpha``, ``--lora_dropout``, ``--lora_target_modules`` and
+    ``--train_special_tokens`` (flags and YAML recipe keys). Values are checked where the adapters are built
+    (:func:`lora_config`).
+    """
+
+    use_lora: bool = field(
+        default=True, metadata={"help": "Train LoRA adapters (as the released fine-tuning recipe does); False = all weights."}
+    )
+    lora_r: int = field(default=DEFAULT_LORA_R, metadata={"help": "LoRA rank (released fine-tuning recipe: 64)."})
+    lora_alpha: int = field(default=DEFAULT_LORA_ALPHA, metadata={"help": "LoRA alpha (released fine-tuning recipe: 16)."})
+    lora_dropout: float = field(
+        default=DEFAULT_LORA_DROPOUT, metadata={"help": "LoRA dropout (released fine-tuning recipe: 0.1)."}
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        metadata={"help": "Linear layers that get LoRA adapters (released fine-tuning recipe: q,k,v,o,gate,up,down "
+                          "projections)."},
+    )
+    train_special_tokens: bool = field(
+        default=True,
+        metadata={"help": "With LoRA, also train the embedding rows of <s1>..<s16>. Our choice, not the released "
+                          "fine-tuning recipe's (its LoRA leaves them at their pretrained values)."},
+    )
+
+    def lora_options(self) -> dict:
+        """The keyword arguments of :func:`apply_lora` these options stand for."""
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": list(self.lora_target_modules),
+            "train_special_tokens": self.train_special_tokens,
+        }
+
+    def lora_summary(self) -> dict | None:
+        """What a run summary records of the adapters (None for a full-parameter run)."""
+        if not self.use_lora:
+            return None
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": list(self.lora_target_modules)}
 
 
 _LANES = 4  # 16-bit lanes per 64-bit random word
@@ -280,8 +339,6 @@ def apply_lora(model, **lora_options):
 
 def require_adapter_dir(adapter_dir) -> None:
     """Refuse a folder without ``adapter_config.json`` before anything is loaded against it."""
-    from pathlib import Path
-
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a LoRA adapter folder")
 
@@ -310,18 +367,115 @@ def merge_lora(peft_model):
     return merged
 
 
+def _require_adapter_and_base(adapter_dir, base) -> None:
+    require_adapter_dir(adapter_dir)
+    if base is None:
+        raise ValueError(f"merging the adapter in {adapter_dir} needs its base LLaRA model (a folder or a loaded model)")
+
+
+def load_merged(model_or_adapter_dir, *, base=None, with_lm_head: bool = False, dtype=None):
+    """The merged LLaRA model (in eval mode) of a live model or of an adapter folder over its base.
+
+    ``model_or_adapter_dir``:
+
+    * a peft model (a LoRA run's live model): adapters and token rows are folded in (:func:`merge_lora`);
+    * a plain ``LlaraModel`` / ``LlaraForPretraining`` (a full-parameter run): returned as it is;
+    * an adapter folder (a peft ``save_pretrained`` folder, a Trainer checkpoint, the gathered adapter of a
+      sharded run): attached to ``base`` and folded in.
+
+    ``base`` (adapter folders only): a loaded LLaRA model, or the LLaRA folder the adapter was trained on, loaded
+    as ``LlaraForPretraining`` when ``with_lm_head`` else ``LlaraModel``, in ``dtype`` (None: transformers'
+    default).
+
+    Raises:
+        FileNotFoundError: the adapter folder holds no ``adapter_config.json`` (checked before anything loads).
+        ValueError: an adapter folder without ``base``.
+    """
+    if not isinstance(model_or_adapter_dir, (str, os.PathLike)):
+        model = model_or_adapter_dir
+        return (merge_lora(model) if hasattr(model, "merge_and_unload") else model).eval()
+    adapter_dir = Path(model_or_adapter_dir)
+    _require_adapter_and_base(adapter_dir, base)
+    if isinstance(base, (str, os.PathLike)):
+        from modeling_llara import LlaraForPretraining, LlaraModel
+
+        cls = LlaraForPretraining if with_lm_head else LlaraModel
+        base = cls.from_pretrained(str(base), **({} if dtype is None else {"dtype": dtype}))
+    return merge_lora(load_lora(base, adapter_dir)).eval()
+
+
+def _adapter_or_base_tokenizer(adapter_dir: Path, base):
+    """The tokenizer saved with the adapter (a run's checkpoints carry it), else the base folder's."""
+    from transformers import AutoTokenizer
+
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        source = adapter_dir
+    elif isinstance(base, (str, os.PathLike)):
+        source = Path(base)
+    else:
+        raise ValueError(f"{adapter_dir} holds no tokenizer and the base is a loaded model: pass the tokenizer")
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
+
+
+def merge_and_save(
+    model_or_adapter_dir,
+    output_dir: str | os.PathLike,
+    tokenizer=None,
+    *,
+    base=None,
+    with_lm_head: bool = False,
+    dtype=None,
+    auto_dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Merge LoRA adapters into their LLaRA model and write a complete LLaRA folder; returns ``output_dir``.
+
+    ``model_or_adapter_dir``, ``base``, ``with_lm_head`` and ``dtype`` are those of :func:`load_merged` (a live
+    peft or plain model, or an adapter folder over ``base``). ``tokenizer``: the one to save (default, for an
+    adapter folder: the adapter folder's own when it has one, else the base folder's). The folder is written by
+    ``trainers.convert.save_llara``: weights (safetensors), config with ``auto_map``, tokenizer, the shipped code
+    and the sentence-transformers files, staged in a hidden sibling and moved into place when complete.
+    ``auto_dtype`` (``"auto"`` / ``"float32"``), when given, is recorded in the config (see ``LlaraConfig``).
+
+    Raises:
+        FileNotFoundError: an adapter folder without ``adapter_config.json``.
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is false (both checked before any weight loads).
+        ValueError: no ``tokenizer`` for a loaded model, or for an adapter folder without one over a loaded base;
+            an adapter folder without ``base``.
+    """
+    from trainers.convert import save_llara
+
+    out = Path(output_dir)
+    from_folder = isinstance(model_or_adapter_dir, (str, os.PathLike))
+    if from_folder:
+        _require_adapter_and_base(model_or_adapter_dir, base)
+    elif tokenizer is None:
+        raise ValueError("merge_and_save of a loaded model needs its tokenizer")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if tokenizer is None:  # loaded before the weights: a folder without a usable tokenizer fails fast
+        tokenizer = _adapter_or_base_tokenizer(Path(model_or_adapter_dir), base)
+    merged = load_merged(model_or_adapter_dir, base=base, with_lm_head=with_lm_head, dtype=dtype)
+    saved = save_llara(merged, tokenizer, out, overwrite=overwrite, auto_dtype=auto_dtype)
+    logger.info("merged LLaRA model written to %s", saved)
+    return saved
+
+
 __all__ = [
     "DEFAULT_LORA_ALPHA",
     "DEFAULT_LORA_DROPOUT",
     "DEFAULT_LORA_R",
     "DEFAULT_TARGET_MODULES",
+    "LoraArguments",
     "LoraDropout",
     "apply_lora",
     "drop_bf16_cast_cache",
     "dropout_keep_mask",
     "dropout_noise",
     "load_lora",
+    "load_merged",
     "lora_config",
+    "merge_and_save",
     "merge_lora",
     "require_adapter_dir",
     "use_bf16_cast_cache",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -30,27 +29,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    adapter = Path(args.adapter)
-    from trainers.lora import require_adapter_dir
 
-    require_adapter_dir(adapter)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    from trainers.lora import merge_and_save
 
-    from transformers import AutoTokenizer
-
-    from modeling_llara import LlaraForPretraining, LlaraModel
-    from trainers.convert import save_llara
-    from trainers.lora import load_lora, merge_lora
-
-    cls = LlaraForPretraining if args.with_lm_head else LlaraModel
-    model = cls.from_pretrained(args.base)
-    # The tokenizer of the run (saved with each checkpoint) when there is one, else the base's.
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(args.base)
-    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
-    merged = merge_lora(load_lora(model, adapter))
-    saved = save_llara(merged, tokenizer, out, overwrite=args.overwrite)
+    # The tokenizer of the run (saved with each checkpoint) when the adapter folder has one, else the base's.
+    saved = merge_and_save(
+        args.adapter, args.out, base=args.base, with_lm_head=args.with_lm_head, overwrite=args.overwrite
+    )
     print(f"merged model written to {saved}")
     return 0
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from trainers.finetuning.data import ContrastiveExample
+from trainers.io import write_training_jsonl  # re-exported: writes the mined examples (path, examples, overwrite)
 
 logger = logging.getLogger(__name__)
 
@@ -244,21 +245,6 @@ def mine_hard_negatives(
         report.queries_without_negatives += not negatives
         mined.append(ContrastiveExample(example.query, list(example.pos), negatives, example.query_id))
     return mined, report
-
-
-def write_training_jsonl(path: str | os.PathLike, examples: Sequence[ContrastiveExample], overwrite: bool = False) -> Path:
-    """Write ``{"query", "pos", "neg"}`` lines (plus ``id`` when known) atomically."""
-    from trainers.io import write_jsonl
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    records = (
-        {**({"id": e.query_id} if e.query_id is not None else {}), "query": e.query, "pos": e.pos, "neg": e.neg}
-        for e in examples
-    )
-    return write_jsonl(path, records)
 
 
 __all__ = [

@@ -10,7 +10,8 @@ evaluators and callbacks apply unchanged. The objective is sentence-transformers
   passage prompt, with the released per-side length budgets (query 64 / passage 160 tokens, prompt included);
 * :class:`LlaraFinetuneTrainer` writes checkpoints as the inner ``LlaraModel`` (a full model, or the peft
   adapter under LoRA) and resumes from them, so that checkpoints, ZeRO-3 gathering and the final merge work
-  on the model class that ships, not on a sentence-transformers folder.
+  on the model class that ships, not on a sentence-transformers folder; its ``compute_loss`` runs under
+  :func:`~trainers.cpu_attention.cpu_bf16_training_attention` (fp32 attention while training in bf16 on CPU).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.losses import uses_gradient_cache
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from transformers import Trainer
 
 from trainers.finetuning.data import ContrastiveDataset, load_examples
 from trainers.finetuning.loss import DEFAULT_TEMPERATURE, contrastive_loss, loss_config
-from trainers.lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, DEFAULT_TARGET_MODULES
+from trainers.lora import LoraArguments
 from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 logger = logging.getLogger(__name__)
@@ -36,13 +38,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_QUERY_MAX_LENGTH = 64
 DEFAULT_PASSAGE_MAX_LENGTH = 160
 QUERY_TASK, DOCUMENT_TASK = "query", "document"
+# Fine-tuned exports leave `auto` inference to the hardware: bf16 holds after fine-tuning (see STAGE1_AUTO_DTYPE
+# in trainers.pretraining.run for the stage-1 choice).
+FINETUNED_AUTO_DTYPE = "auto"
 
 
 @dataclass
-class LlaraFinetuneConfig(SentenceTransformerTrainingArguments):
+class LlaraFinetuneConfig(SentenceTransformerTrainingArguments, LoraArguments):
     """Training arguments of LLaRA contrastive fine-tuning; defaults follow the released recipe.
 
-    ``per_device_train_batch_size`` counts *queries*; each brings ``group_size`` passages.
+    ``per_device_train_batch_size`` counts *queries*; each brings ``group_size`` passages. The LoRA options
+    (``use_lora``, ``lora_r``, ...) come from :class:`trainers.lora.LoraArguments`.
     """
 
     temperature: float = field(
@@ -71,21 +77,6 @@ class LlaraFinetuneConfig(SentenceTransformerTrainingArguments):
     no_negatives: Literal["random", "skip", "error"] = field(
         default="random",
         metadata={"help": "Queries without negatives: random corpus passages, skip them, or stop with an error."},
-    )
-    use_lora: bool = field(
-        default=True, metadata={"help": "Train LoRA adapters (released recipe); False = all weights."}
-    )
-    lora_r: int = field(default=DEFAULT_LORA_R, metadata={"help": "LoRA rank (released: 64)."})
-    lora_alpha: int = field(default=DEFAULT_LORA_ALPHA, metadata={"help": "LoRA alpha (released: 16)."})
-    lora_dropout: float = field(default=DEFAULT_LORA_DROPOUT, metadata={"help": "LoRA dropout (released: 0.1)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
-        metadata={"help": "Linear layers that get LoRA adapters (released: q,k,v,o,gate,up,down projections)."},
-    )
-    train_special_tokens: bool = field(
-        default=True,
-        metadata={"help": "With LoRA, also train the embedding rows of <s1>..<s16>. Our choice, not the released "
-                          "recipe's (its LoRA leaves them at their pretrained values)."},
     )
     # Released-recipe defaults of stock arguments.
     learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate (released: 3e-4 with LoRA)."})
@@ -157,6 +148,16 @@ class LlaraFinetuneTrainer(SentenceTransformerTrainer):
         # (hub_card); sentence-transformers' card callback would only spend time encoding widget examples.
         return None
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from trainers.cpu_attention import cpu_bf16_training_attention  # model code: not loaded by `--help`
+
+        # A GradCache loss re-embeds its inputs during backward, after this call has returned: those forwards
+        # must find the same (fp32 on a bf16 CPU run) attention, so it stays selected for them.
+        losses = self.loss.values() if isinstance(self.loss, dict) else [self.loss]
+        replays = any(uses_gradient_cache(loss) for loss in losses)
+        with cpu_bf16_training_attention(llara_backbone(model), keep=replays):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
     def get_data_collator(self, model, args, processing_class=None):
         max_length = None
         if isinstance(args, LlaraFinetuneConfig):
@@ -208,14 +209,7 @@ def load_finetune_model(model_name_or_path: str | os.PathLike, args: LlaraFinetu
         from trainers.lora import apply_lora
 
         set_seed(args.seed)  # LoRA's A matrices are random: the same --seed must start from the same adapter
-        model = apply_lora(
-            model,
-            r=args.lora_r,
-            alpha=args.lora_alpha,
-            dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules,
-            train_special_tokens=args.train_special_tokens,
-        )
+        model = apply_lora(model, **args.lora_options())
         if args.activation_checkpointing:
             # Frozen embeddings give checkpointed blocks inputs without grad; this keeps the graph alive.
             model.enable_input_require_grads()
@@ -289,8 +283,7 @@ def finetune(
             "group_size": args.group_size,
             "query_max_length": args.query_max_length,
             "passage_max_length": args.passage_max_length,
-            "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                     "target_modules": list(args.lora_target_modules)} if args.use_lora else None,
+            "lora": args.lora_summary(),
             "train_metrics": output.metrics,
             "data": report.to_dict(),
             "data_summary": report.summary(),
@@ -309,6 +302,7 @@ def export_finetuned_run(trainer, tokenizer, model_name_or_path: str | os.PathLi
     import torch
 
     from modeling_llara import LlaraModel
+    from trainers.lora import merge_and_save
 
     if not is_sharded(trainer):
         return export_finetuned(llara_backbone(trainer.model), tokenizer, out_dir) if trainer.is_world_process_zero() else None
@@ -317,25 +311,17 @@ def export_finetuned_run(trainer, tokenizer, model_name_or_path: str | os.PathLi
         return None
     with zero3_init_disabled(trainer.args):
         if trainer.args.use_lora:
-            from trainers.lora import load_lora, require_adapter_dir
-
-            require_adapter_dir(staging)
-            model = load_lora(LlaraModel.from_pretrained(str(model_name_or_path), dtype=torch.float32), staging)
-        else:
-            model = LlaraModel.from_pretrained(str(staging), dtype=torch.float32)
-        return export_finetuned(model, tokenizer, out_dir)
+            return merge_and_save(staging, out_dir, tokenizer, base=str(model_name_or_path), dtype=torch.float32,
+                                  auto_dtype=FINETUNED_AUTO_DTYPE, overwrite=True)
+        return export_finetuned(LlaraModel.from_pretrained(str(staging), dtype=torch.float32), tokenizer, out_dir)
 
 
 def export_finetuned(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Merge LoRA adapters (when present) and write a full LLaRA folder (AutoModel / SentenceTransformer)."""
-    from trainers.convert import save_llara
-    from trainers.lora import merge_lora
+    from trainers.lora import merge_and_save
 
     model = getattr(model, "module", model)  # unwrap DDP
-    if hasattr(model, "merge_and_unload"):
-        model = merge_lora(model)
-    model.eval()
-    return save_llara(model, tokenizer, out_dir, overwrite=True, auto_dtype="auto")  # bf16 holds after fine-tuning
+    return merge_and_save(model, out_dir, tokenizer, auto_dtype=FINETUNED_AUTO_DTYPE, overwrite=True)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from trainers.lora import LoraArguments
 from trainers.sharded import init_deepspeed_comm, is_sharded, refuse_lora_under_fsdp, save_gathered, zero3_init_disabled
 
 from .data import PretrainingDataArguments, load_pretraining_data
@@ -27,8 +28,8 @@ STAGE1_AUTO_DTYPE = "float32"
 
 
 @dataclass
-class PretrainingModelArguments:
-    """Which model to adapt and how (full-parameter or LoRA)."""
+class PretrainingModelArguments(LoraArguments):
+    """Which model to adapt and how (full-parameter, as released, or LoRA: see :class:`trainers.lora.LoraArguments`)."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -46,13 +47,11 @@ class PretrainingModelArguments:
         metadata={"help": "Dtype the weights are loaded in ('float32', 'bfloat16', 'float16'); with --bf16/--fp16 keep float32 "
                   "for mixed precision."},
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (+ the 16 special-token rows) instead of all weights."})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata={"help": "Linear layers adapted by LoRA."},
+    # The released stage 1 trains every weight; LoRA here is an option (its defaults are the fine-tuning recipe's).
+    use_lora: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (+ the 16 special-token rows, see --train_special_tokens) instead of "
+                          "all weights (released: all weights)."},
     )
 
 
@@ -115,15 +114,8 @@ def build_pretrainer(
     if model_args.use_lora:
         from trainers.lora import apply_lora
 
-        refuse_lora_under_fsdp(training_args, model_args.use_lora)
-        model = apply_lora(
-            model,
-            r=model_args.lora_r,
-            alpha=model_args.lora_alpha,
-            dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-            train_special_tokens=True,
-        )
+        refuse_lora_under_fsdp(training_args, model_args.use_lora and model_args.train_special_tokens)
+        model = apply_lora(model, **model_args.lora_options())
     model.train()
     trainer = LlaraPretrainer(
         model=model,
@@ -140,7 +132,7 @@ def build_pretrainer(
 def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments) -> Path | None:
     """Write the trained model as a LLaRA folder (LoRA merged); returns its path on the main process."""
     from modeling_llara import LlaraForPretraining
-    from trainers.convert import save_llara
+    from trainers.lora import merge_and_save
 
     out = Path(model_args.export_dir or Path(trainer.args.output_dir) / "final")
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -156,12 +148,7 @@ def export_pretrained(trainer, tokenizer, model_args: PretrainingModelArguments)
             model = LlaraForPretraining.from_pretrained(staging)
     if not trainer.is_world_process_zero():
         return None
-    if model_args.use_lora:
-        from trainers.lora import merge_lora
-
-        model = merge_lora(model)
-    model = model.eval()
-    return save_llara(model, tokenizer, out, overwrite=True, auto_dtype=STAGE1_AUTO_DTYPE)
+    return merge_and_save(model, out, tokenizer, auto_dtype=STAGE1_AUTO_DTYPE, overwrite=True)
 
 
 def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Path, tokenizer, out: Path) -> Path:
@@ -171,13 +158,11 @@ def export_saved_adapter(model_args: PretrainingModelArguments, adapter_dir: Pat
     Trainer saves the gathered adapter (LoRA matrices + special-token rows), the base is rebuilt exactly
     as the run built it (a LLaRA folder, or the same deterministic in-memory conversion of a base LM).
     """
-    from trainers.convert import save_llara
-    from trainers.lora import load_lora, merge_lora, require_adapter_dir
+    from trainers.lora import merge_and_save, require_adapter_dir
 
-    require_adapter_dir(adapter_dir)
+    require_adapter_dir(adapter_dir)  # before the base is rebuilt
     base, _ = load_pretraining_model(model_args)
-    merged = merge_lora(load_lora(base, adapter_dir)).eval()
-    return save_llara(merged, tokenizer, out, overwrite=True, auto_dtype=STAGE1_AUTO_DTYPE)
+    return merge_and_save(adapter_dir, out, tokenizer, base=base, auto_dtype=STAGE1_AUTO_DTYPE, overwrite=True)
 
 
 def pretrain(
