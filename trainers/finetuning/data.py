@@ -3,7 +3,9 @@
 Sources (:func:`load_examples`):
 
 * the released jsonl layout, one ``{"query": str, "pos": [str], "neg": [str]}`` per line (``.jsonl`` or
-  ``.jsonl.gz``; ``neg`` optional; an optional ``"id"`` must be unique);
+  ``.jsonl.gz``; ``neg`` optional; an optional ``"id"`` must be unique); the same rows as a ``.json`` array
+  or a ``.parquet`` file; all read through ``datasets.load_dataset`` (:mod:`trainers.data_files`), streamed
+  with ``streaming=True``;
 * a BEIR-layout folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): every judged query
   becomes one example, documents with score > 0 its positives and judged score-0 documents its
   negatives; passages read ``title + " " + text`` (the MS MARCO convention of the released data);
@@ -34,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainers.data_files import BadLine, file_format, iter_json_lines, iter_rows
+from trainers.io import JsonlFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -178,20 +183,55 @@ def _finish(examples: list[ContrastiveExample], report: DataReport) -> list[Cont
 
 
 # ---- sources -----------------------------------------------------------------------------------
-def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a missing file or a malformed line raises naming it."""
-    from trainers.io import iter_jsonl
+# Files are read by datasets' builders (trainers.data_files); what is left here is naming each record by file
+# and line (or row) and refusing lines that are not JSON objects, with the messages the project has always given.
+_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
+
+def iter_jsonl_records(path: str | os.PathLike, *, streaming: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a missing file or a malformed line raises naming it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"training file not found: {path}")
-    return iter_jsonl(path)
+    return _json_objects(path, streaming)
 
 
-def read_jsonl_examples(path: str | os.PathLike, report: DataReport | None = None) -> tuple[list[ContrastiveExample], DataReport]:
-    """Examples of a released-layout jsonl file (``query``, ``pos``, ``neg``)."""
+def _json_objects(path: str | os.PathLike, streaming: bool) -> Iterator[tuple[int, dict]]:
+    for line_number, value in iter_json_lines(path, streaming=streaming):
+        where = f"{path}:{line_number}"
+        if isinstance(value, BadLine):
+            if value.reason == "invalid_utf8":
+                raise JsonlFormatError(f"{where}: invalid UTF-8 at byte {value.error.start} of the line")
+            raise JsonlFormatError(f"{where}: not valid JSON ({value.error.msg})")
+        if not isinstance(value, dict):
+            raise JsonlFormatError(f"{where}: expected a JSON object, got {type(value).__name__}")
+        yield line_number, value
+
+
+def iter_file_records(path: str | os.PathLike, *, streaming: bool = False) -> Iterator[tuple[str, int, dict]]:
+    """``(where, position, record)`` of a training file: JSON lines (position: line), a JSON array or parquet
+    (position: row); ``where`` is ``file:line`` or ``file:row N``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"training file not found: {path}")
+    kind = file_format(path)
+    if kind in ("json", "parquet"):
+        for row, record in iter_rows(path, kind, streaming=streaming):
+            yield f"{path}:row {row}", row, record
+    else:
+        for line_number, record in _json_objects(path, streaming):
+            yield f"{path}:{line_number}", line_number, record
+
+
+def read_jsonl_examples(
+    path: str | os.PathLike, report: DataReport | None = None, *, streaming: bool = False
+) -> tuple[list[ContrastiveExample], DataReport]:
+    """Examples of a training file (``query``, ``pos``, ``neg``): JSON lines (the released layout), a JSON
+    array or parquet, read through ``datasets.load_dataset`` (``streaming``: its streaming mode)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"training file not found: {path}")
     report = report or DataReport(source=str(path))
-    located = ((f"{path}:{line_number}", line_number, record) for line_number, record in iter_jsonl_records(path))
-    return _finish(_clean_unique(located, "on line", report), report), report
+    position_word = "at row" if file_format(path) in ("json", "parquet") else "on line"
+    located = iter_file_records(path, streaming=streaming)
+    return _finish(_clean_unique(located, position_word, report), report), report
 
 
 def _clean_unique(
@@ -259,10 +299,15 @@ def _passage_pool(examples: Sequence[ContrastiveExample]) -> list[str]:
     return list(pool)
 
 
-def load_examples(source: Any, split: str = "train") -> tuple[list[ContrastiveExample], list[str], DataReport]:
+def load_examples(
+    source: Any, split: str = "train", streaming: bool = False
+) -> tuple[list[ContrastiveExample], list[str], DataReport]:
     """Load ``(examples, corpus passages, report)`` from any supported source (see module docstring).
 
     The corpus is the BEIR corpus for BEIR folders, otherwise every distinct passage of the data.
+    ``streaming``: read a jsonl / JSON / parquet file with ``datasets``' streaming mode (row by row, nothing
+    written to the Arrow cache), for files larger than memory or the cache's disk; the cleaned examples are
+    kept either way (groups are sampled from all of them).
     """
     try:
         import datasets
@@ -291,12 +336,14 @@ def load_examples(source: Any, split: str = "train") -> tuple[list[ContrastiveEx
             f"{path} is a folder but neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) "
             "nor a saved `datasets` dataset"
         )
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        examples, report = read_jsonl_examples(path)
+    if path.name.lower().endswith(_FILE_SUFFIXES):
+        examples, report = read_jsonl_examples(path, streaming=streaming)
         return examples, _passage_pool(examples), report
     if not path.exists():
         raise FileNotFoundError(f"training data not found: {path}")
-    raise ValueError(f"{path}: unsupported training data (use .jsonl/.jsonl.gz, a BEIR folder or a datasets folder)")
+    raise ValueError(
+        f"{path}: unsupported training data (use .jsonl/.jsonl.gz, .json, .parquet, a BEIR folder or a datasets folder)"
+    )
 
 
 # ---- sampling ----------------------------------------------------------------------------------
@@ -430,6 +477,7 @@ __all__ = [
     "NO_NEGATIVE_POLICIES",
     "clean_example",
     "examples_from_records",
+    "iter_file_records",
     "iter_jsonl_records",
     "load_examples",
     "read_beir_examples",

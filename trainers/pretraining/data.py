@@ -1,13 +1,15 @@
 """Training data of LLaRA stage 1: documents -> (input, next) passage pairs.
 
-Sources (``PretrainingDataArguments.train_files``, or a ``datasets`` object passed in code):
+Sources (``PretrainingDataArguments.train_files``, or a ``datasets`` object passed in code), read through
+``datasets.load_dataset`` (:mod:`trainers.data_files`; ``streaming`` chooses its streaming mode):
 
 * text files (``.txt``, optionally ``.gz``): one document per line, or per blank-line separated block
   (``text_unit="paragraph"``);
 * jsonl (``.jsonl``/``.json``, optionally ``.gz``): a document ``{"<text_field>": str}`` per line, or an
   explicit pair ``{"input": str, "next": str | null}``, or the released format
   ``{"input": str, "output_summarize": str, "output_predict": str}``;
-* parquet (``.parquet``), read in record batches;
+* a ``.json`` file holding one JSON array of such objects (or of document strings);
+* parquet (``.parquet``) with the same columns;
 * a folder written by ``datasets``' ``save_to_disk`` (split ``train`` of a ``DatasetDict``).
 
 A document is cut into consecutive chunks of ``chunk_tokens`` tokens (counted with the model's tokenizer;
@@ -19,14 +21,13 @@ its EBAR term is left out of the mean), ``drop``, or ``self`` (its own text as E
 Bad input (invalid UTF-8, malformed JSON, a missing or non-string field, an empty document or one shorter
 than ``min_chunk_tokens``) raises ``ValueError`` naming file and line when ``on_error="error"``, or is
 skipped and counted in :class:`DataStats` when ``on_error="skip"``. Map-style data is read completely
-before training; streaming data (``streaming=True``, for corpora larger than memory) is scanned once
-before training when ``on_error="error"``, so a bad line cannot stop a run midway and lose its progress.
+before training (through ``datasets``' Arrow cache); streaming data (``streaming=True``, for corpora larger
+than memory or the cache's disk) is read lazily, nothing cached, and scanned once before training when
+``on_error="error"``, so a bad line cannot stop a run midway and lose its progress.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 from collections import Counter
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torch.utils.data import Dataset, IterableDataset
+
+from trainers.data_files import BadLine, file_format, file_suffix, iter_json_lines, iter_lines, iter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class PretrainingDataArguments:
 
     train_files: list[str] = field(
         default_factory=list,
-        metadata={"help": "Text (.txt), jsonl (.jsonl/.json, optionally .gz), parquet files, or datasets save_to_disk folders."},
+        metadata={"help": "Text (.txt), jsonl (.jsonl/.json, optionally .gz), JSON-array (.json) or parquet files, or "
+                          "datasets save_to_disk folders; read with datasets.load_dataset."},
     )
     text_field: str = field(default="text", metadata={"help": "Field holding a document in jsonl/parquet/datasets rows."})
     text_unit: Literal["line", "paragraph"] = field(
@@ -73,7 +77,10 @@ class PretrainingDataArguments:
         default="error", metadata={"help": "Bad records: 'error' (ValueError naming file and line) or 'skip' (counted, logged)."}
     )
     streaming: bool = field(
-        default=False, metadata={"help": "Read the corpus lazily (larger than memory); needs --max_steps."}
+        default=False,
+        metadata={"help": "Stream the files (datasets.load_dataset(..., streaming=True)) and build pairs lazily at every "
+                          "pass, for corpora larger than memory or disk cache; needs --max_steps. Default: load the "
+                          "files through datasets' Arrow cache and hold the pairs in memory."},
     )
     max_documents: int | None = field(default=None, metadata={"help": "Use at most this many documents / records."})
     max_length: int = field(default=128, metadata={"help": "Tokens per training row in all: prompt + text + both suffixes."})
@@ -125,82 +132,51 @@ class BadRecord(ValueError):
 
 
 # ---- raw records ----------------------------------------------------------------------------
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
+# Files are read by datasets' builders (trainers.data_files); what is left here is LLaRA's: naming each record
+# by file and line, turning unreadable lines into BadRecords, and grouping text lines into paragraphs.
 def _kind(path: Path) -> str:
     if path.is_dir():
         return "datasets"
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    last = suffixes[-1] if suffixes else ""
-    if last in (".jsonl", ".json"):
-        return "jsonl"
-    if last == ".parquet":
-        return "parquet"
-    if last in (".txt", ".text", ""):
-        return "text"
-    raise ValueError(f"{path}: unknown file type {last!r} (use .txt, .jsonl, .json, .parquet or a datasets folder)")
+    kind = file_format(path)
+    if kind is None:
+        raise ValueError(
+            f"{path}: unknown file type {file_suffix(path)!r} (use .txt, .jsonl, .json, .parquet or a datasets folder)"
+        )
+    return kind
 
 
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BadRecord(where, "invalid_utf8", f"invalid UTF-8 at byte {err.start} of the line") from None
+def _bad_line(where: str, line: BadLine) -> BadRecord:
+    err = line.error
+    if line.reason == "invalid_utf8":
+        return BadRecord(where, "invalid_utf8", f"invalid UTF-8 at byte {err.start} of the line")
+    return BadRecord(where, "malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
 
 
-def _text_records(path: Path, unit: str) -> Iterator[tuple[str, Any]]:
+def _text_records(path: Path, unit: str, streaming: bool) -> Iterator[tuple[str, Any]]:
+    """One record per line, or per block of non-blank lines (``unit="paragraph"``) named by its first line."""
     block: list[str] = []
     start = 0
-    with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = _decode(raw, where).rstrip("\r\n")
-            except BadRecord as err:
-                yield where, err
-                continue
-            if unit == "line":
-                yield where, {"text": line}
-            elif line.strip():
-                if not block:
-                    start = number
-                block.append(line)
-            elif block:
-                yield f"{path}:{start}", {"text": "\n".join(block)}
-                block = []
+    for number, line in iter_lines(path, streaming=streaming):
+        where = f"{path}:{number}"
+        if isinstance(line, BadLine):
+            yield where, _bad_line(where, line)
+        elif unit == "line":
+            yield where, {"text": line}
+        elif line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            yield f"{path}:{start}", {"text": "\n".join(block)}
+            block = []
     if block:
         yield f"{path}:{start}", {"text": "\n".join(block)}
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = _decode(raw, where)
-            except BadRecord as err:
-                yield where, err
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, BadRecord(where, "malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
-
-
-def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            row += 1
-            yield f"{path}:row {row}", record
+def _jsonl_records(path: Path, streaming: bool) -> Iterator[tuple[str, Any]]:
+    for number, value in iter_json_lines(path, streaming=streaming):
+        where = f"{path}:{number}"
+        yield where, _bad_line(where, value) if isinstance(value, BadLine) else value
 
 
 def _dataset_records(dataset, name: str) -> Iterator[tuple[str, Any]]:
@@ -209,11 +185,18 @@ def _dataset_records(dataset, name: str) -> Iterator[tuple[str, Any]]:
             raise ValueError(f"{name}: the DatasetDict has no 'train' split (splits: {list(dataset.keys())})")
         dataset = dataset["train"]
     for index, record in enumerate(dataset):
+        # a table row has every column; null marks one this row does not have (as in parquet files)
+        if isinstance(record, dict):
+            record = {k: v for k, v in record.items() if v is not None}
         yield f"{name}:row {index + 1}", record
 
 
-def iter_records(source) -> Iterator[tuple[str, Any]]:
-    """(location, raw record or BadRecord) of one source: a path or a ``datasets`` object."""
+def iter_records(source, *, streaming: bool = False, text_unit: str = "line") -> Iterator[tuple[str, Any]]:
+    """(location, raw record or BadRecord) of one source: a path or a ``datasets`` object.
+
+    ``streaming``: read files with ``datasets``' streaming mode; ``text_unit``: ``"line"`` or ``"paragraph"``
+    documents of text files.
+    """
     if not isinstance(source, (str, os.PathLike)):
         yield from _dataset_records(source, type(source).__name__)
         return
@@ -226,11 +209,12 @@ def iter_records(source) -> Iterator[tuple[str, Any]]:
 
         yield from _dataset_records(datasets.load_from_disk(str(path)), str(path))
     elif kind == "jsonl":
-        yield from _jsonl_records(path)
-    elif kind == "parquet":
-        yield from _parquet_records(path)
+        yield from _jsonl_records(path, streaming)
+    elif kind in ("parquet", "json"):
+        for number, record in iter_rows(path, kind, streaming=streaming):
+            yield f"{path}:row {number}", record
     else:
-        yield from _text_records(path, "line")
+        yield from _text_records(path, text_unit, streaming)
 
 
 # ---- documents -> pairs ---------------------------------------------------------------------
@@ -321,10 +305,7 @@ class PairBuilder:
     def iter_pairs(self, sources: Iterable) -> Iterator[dict]:
         documents = 0
         for source in sources:
-            if isinstance(source, (str, os.PathLike)) and _kind(Path(source)) == "text":
-                records = _text_records(Path(source), self.args.text_unit)
-            else:
-                records = iter_records(source)
+            records = iter_records(source, streaming=self.args.streaming, text_unit=self.args.text_unit)
             for where, record in records:
                 if self.args.max_documents is not None and documents >= self.args.max_documents:
                     return
