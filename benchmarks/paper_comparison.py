@@ -47,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,12 +234,12 @@ def make_parser() -> argparse.ArgumentParser:
                         help="training seeds: data order, LoRA init, negative sampling (default: %(default)s)")
     parser.add_argument("--data-seed", type=int, default=0,
                         help="seed of the data split (Debian and pydocs), fixed across training seeds (default: %(default)s)")
-    from llara.pipeline import PipelineConfig
+    from llara.pipeline import main_job_config
 
-    main_job = PipelineConfig()
-    parser.add_argument("--pretrain-steps", type=int, default=main_job.pretrain_steps,
+    main_job = main_job_config()  # recipes/pipeline_main_job.yaml
+    parser.add_argument("--pretrain-steps", type=int, default=main_job.pretrain_max_steps,
                         help="stage-1 steps at budget scale 1 (default: the main job's, %(default)s)")
-    parser.add_argument("--finetune-steps", type=int, default=main_job.finetune_steps,
+    parser.add_argument("--finetune-steps", type=int, default=main_job.finetune_max_steps,
                         help="stage-2 steps at budget scale 1 (default: the main job's, %(default)s)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
                         help="multiplies both step counts; results go to <out>/budget<K>x/ so budgets live side "
@@ -323,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f} s] {msg}", flush=True)
 
-    shared = p.PipelineConfig(
+    # the main job's config (recipes/pipeline_main_job.yaml) with this comparison's data, budgets and stage-1 lr
+    shared = p.main_job_config(
         out=str(root), seed=args.data_seed, n_test_queries=args.test_queries, n_test_corpus=args.test_corpus,
-        n_pretrain_docs=args.pretrain_docs, n_train_pairs=args.train_pairs,
-        pretrain_steps=args.pretrain_steps_run, finetune_steps=args.finetune_steps_run, pretrain_lr=args.pretrain_lr,
+        n_pretrain_docs=args.pretrain_docs, n_train_pairs=args.train_pairs, pretrain_max_steps=args.pretrain_steps_run,
+        finetune_max_steps=args.finetune_steps_run, pretrain_learning_rate=args.pretrain_lr,
     )
     data_key = {"data_seed": args.data_seed, "test_queries": args.test_queries, "test_corpus": args.test_corpus,
                 "pretrain_docs": args.pretrain_docs, "train_pairs": args.train_pairs,
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, model in reference_models.items():
         evaluate_all(shared, model, key, None)
 
-    seed_cfgs = {s: p.PipelineConfig(**{**asdict(shared), "out": str(work), "seed": s}) for s in args.seeds}
+    seed_cfgs = {s: replace(shared, out=str(work), seed=s) for s in args.seeds}
     mined: dict[int, Path] = {}
 
     def mined_for(seed: int) -> Path:
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             train = folder / "train.jsonl"
             if not train.is_file():
                 shutil.copyfile(data["train"], train)
-            mined[seed] = p.mine(p.PipelineConfig(**{**asdict(shared), "seed": seed}), train)
+            mined[seed] = p.mine(replace(shared, seed=seed), train)
         return mined[seed]
 
     def model_path(key: str, seed: int) -> Path:
@@ -414,10 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         if v.stage == "pretrain":
             p.pretrain(cfg, base, data["pretrain"], out=out, **v.overrides)
-            steps = cfg.pretrain_steps
+            steps = cfg.pretrain_max_steps
         else:
             p.finetune(cfg, base, mined_for(seed), out=out, **v.overrides)
-            steps = cfg.finetune_steps
+            steps = cfg.finetune_max_steps
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         evaluate_all(cfg, str(out), v.key, seed)

@@ -49,16 +49,34 @@ ANSWER_TESTS = (("d", "c"), ("d", "d-lm"))
 DOMAINS = (("debian", "held-out Debian"), ("pydocs", "Python docstrings (zero-shot)"))
 
 
+# results.json written before `llara pipeline` took its stages' option names: old name -> current name
+_OLD_PIPELINE_NAMES = {
+    "pretrain_steps": "pretrain_max_steps", "pretrain_batch_size": "pretrain_per_device_train_batch_size",
+    "pretrain_lr": "pretrain_learning_rate", "pretrain_max_length": "max_length", "finetune_steps": "finetune_max_steps",
+    "finetune_batch_size": "finetune_per_device_train_batch_size", "finetune_lr": "finetune_learning_rate",
+    "use_lora": "finetune_use_lora",
+}
+
+
+def pipeline_config(config: dict) -> dict:
+    """A ``llara pipeline`` config (results.json's ``config``) under the current option names."""
+    config = {_OLD_PIPELINE_NAMES.get(key, key): value for key, value in config.items()}
+    if "mine_range" in config:
+        config["range_start"], config["range_end"] = config.pop("mine_range")
+    return config
+
+
 def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
     """The main job's table: one row per evaluated model, from ``llara pipeline``'s results.json."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    config = data["config"]
+    config = pipeline_config(data["config"])
     lines = [
-        f"Budget: {config['pretrain_steps']} pretraining steps x {config['pretrain_batch_size']} texts "
-        f"(lr {config['pretrain_lr']:g}, `{config['loss_mode']}` loss, {config['pretrain_max_length']} tokens per row), "
-        f"then {config['finetune_steps']} fine-tuning steps x {config['finetune_batch_size']} queries x group "
-        f"{config['group_size']} (LoRA, lr {config['finetune_lr']:g}, temperature {config['temperature']:g}, "
-        f"{config['mine_with']} negatives from ranks {config['mine_range'][0]}-{config['mine_range'][1]}); "
+        f"Budget: {config['pretrain_max_steps']} pretraining steps x {config['pretrain_per_device_train_batch_size']} "
+        f"texts (lr {config['pretrain_learning_rate']:g}, `{config['loss_mode']}` loss, {config['max_length']} tokens "
+        f"per row), then {config['finetune_max_steps']} fine-tuning steps x "
+        f"{config['finetune_per_device_train_batch_size']} queries x group {config['group_size']} (LoRA, lr "
+        f"{config['finetune_learning_rate']:g}, temperature {config['temperature']:g}, "
+        f"{config['mine_with']} negatives from ranks {config['range_start']}-{config['range_end']}); "
         f"compute dtype `{config.get('dtype', 'float32')}`"
         + (" (bf16 on CPUs with AMX-BF16/AVX512-BF16, fp32 elsewhere)" if config.get("dtype") == "auto" else "")
         + f"; {config['n_test_queries']} held-out queries, {config['n_test_corpus']} documents; "

@@ -186,11 +186,20 @@ CLI_CASES = [
     ("mine-empty-window", ["mine", "--data", "{missing}.jsonl", "--model", "bm25", "--out", "{tmp}/n3.jsonl",
                            "--range-start", "50", "--range-end", "10"], 1, "range_start < range_end"),
     # pipeline
-    ("pipeline-bad-loss-mode", ["pipeline", "--loss-mode", "bogus"], 2, "argument --loss-mode: invalid choice"),
-    pytest.param("pipeline-zero-pretrain-steps", ["pipeline", "--out", "{tmp}/pp", "--pretrain-steps", "0"], 2,
-                 "--pretrain-steps must be >= 1"),
-    pytest.param("pipeline-zero-test-queries", ["pipeline", "--out", "{tmp}/pq", "--test-queries", "0"], 2,
-                 "--test-queries must be >= 1"),
+    ("pipeline-bad-loss-mode", ["pipeline", "--loss_mode", "bogus"], 2,
+     "argument --loss_mode/--loss-mode: invalid choice: 'bogus'"),
+    ("pipeline-bad-dtype", ["pipeline", "--dtype", "int8"], 2, "argument --dtype: invalid choice: 'int8'"),
+    ("pipeline-zero-pretrain-steps", ["pipeline", "--out", "{tmp}/pp", "--pretrain_max_steps", "0"], 2,
+     "--pretrain_max_steps must be >= 1"),
+    ("pipeline-zero-steps-old-flag", ["pipeline", "--out", "{tmp}/pp", "--pretrain-steps", "0"], 2,
+     "--pretrain_max_steps must be >= 1"),
+    ("pipeline-zero-test-queries", ["pipeline", "--out", "{tmp}/pq", "--n_test_queries", "0"], 2,
+     "--n_test_queries must be >= 1"),
+    ("pipeline-group-beyond-window", ["pipeline", "--group_size", "40"], 2,
+     "--group_size 40 needs 39 negatives per query, more than the mining window"),
+    ("pipeline-recipe-unknown-key", ["pipeline", "--config", "{recipe}"], 2, "unknown options ['not_an_option']"),
+    ("pipeline-recipe-list", ["pipeline", "--config", "{list_yaml}"], 2, "expected a mapping of option: value"),
+    ("pipeline-recipe-missing", ["pipeline", "--config", "{missing}.yaml"], 2, "file not found"),
 ]
 
 

@@ -27,6 +27,8 @@ def _slug(text: str) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from llara.options import add_dtype_argument
+
     parser = command_parser(
         "llara evaluate",
         "Evaluate models, BM25 or a TREC run on a BEIR-layout collection (corpus.jsonl, "
@@ -56,9 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
     rank.add_argument("--shard-size", type=int, default=10_000,
                       help="Under torchrun / accelerate launch: passages per embedding shard, the unit of work of a "
                            "rank and of resuming (default 10000).")
-    rank.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                      help="Compute dtype of LLaRA encoders: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 (and CUDA "
-                           "devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto).")
+    add_dtype_argument(rank)
     rank.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_rescore_args(rank)
     add_index_spec_args(parser)

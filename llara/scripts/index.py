@@ -75,6 +75,8 @@ def index_spec_from_args(args: argparse.Namespace):
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from llara.options import add_dtype_argument
+
     parser = command_parser(
         "llara index",
         "Encode a BEIR-layout corpus.jsonl (_id, title, text) with a LLaRA or sentence-transformers "
@@ -82,9 +84,7 @@ def make_parser() -> argparse.ArgumentParser:
         __doc__,
     )
     parser.add_argument("--model", required=True, help="LLaRA model folder, or any sentence-transformers model path/name.")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
-                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
+    add_dtype_argument(parser)
     parser.add_argument("--corpus", required=True, help="corpus.jsonl with one {\"_id\", \"title\", \"text\"} object per line.")
     parser.add_argument("--out", required=True, help="Index directory to create.")
     parser.add_argument("--batch-size", type=int, default=32, help="Texts per encoder batch (default 32).")

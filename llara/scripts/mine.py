@@ -6,6 +6,8 @@ import argparse
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from llara.options import add_dtype_argument
+
     parser = argparse.ArgumentParser(
         prog="llara mine",
         description=(
@@ -21,9 +23,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="passages to mine from: a BEIR corpus.jsonl, a BEIR folder, or a jsonl/text file (one "
                         "passage per line, or {'text': ...}); default: the BEIR corpus or all passages of --data")
     parser.add_argument("--model", required=True, help="a LLaRA model folder, or 'bm25'")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
-                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
+    add_dtype_argument(parser)
     parser.add_argument("--out", required=True, help="output jsonl (written atomically)")
     parser.add_argument("--range-start", type=int, default=10, help="first rank of the window, 0-based (default 10)")
     parser.add_argument("--range-end", type=int, default=100, help="rank after the window's last (default 100)")

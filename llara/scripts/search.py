@@ -20,6 +20,8 @@ from llara.cli import command_parser
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from llara.options import add_dtype_argument
+
     parser = command_parser(
         "llara search",
         "Encode queries with the index's model (encode_query) and write the top-k hits of each "
@@ -31,9 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="TREC run file to write.")
     parser.add_argument("--top-k", type=int, default=1000, help="Hits per query (default 1000).")
     parser.add_argument("--model", default=None, help="Query encoder; default: the model the index was built with.")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="compute dtype of a LLaRA encoder: auto = bf16 on CPUs with AMX-BF16/AVX512-BF16 "
-                             "(and CUDA devices with bf16), fp32 elsewhere; pooling stays fp32 (default auto)")
+    add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="Queries per encoder batch (default 32).")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: cells visited per query (default: as built).")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: query-time beam width (default: as built).")
