@@ -133,7 +133,11 @@ def step(variant: str, model, collator, batch, two, args):
     loss_fn = EbaeEbarLoss(args.loss_mode, ignore_ids=collator.ignore_ids)
     dev = lambda d: {k: v.to(args.device) for k, v in d.items()}  # noqa: E731
     b = dev(batch)
-    with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+    from trainers.cpu_attention import cpu_bf16_training_attention
+
+    # as the pretraining trainer runs a step (bf16 training on CPU computes its attention in fp32)
+    with cpu_bf16_training_attention(model), \
+            torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
         loss = _loss(variant, model, collator, b, two, args, loss_fn, dev)
     loss.backward()
     model.zero_grad(set_to_none=True)

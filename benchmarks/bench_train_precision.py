@@ -115,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                              "autocast_torch_dropout": torch_dropout, "autocast_dropout0": lora_embedder(0.0),
                              "autocast_plain_casts": lora_embedder(0.1, cast_cache=False)}
 
+    from trainers.cpu_attention import cpu_bf16_training_attention
+
     def step(stage: str, precision: str) -> float:
         model = models[stage][precision]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("autocast")):
+        # as the trainers run a step: bf16 training on CPU computes its attention in fp32 (trainers/cpu_attention.py)
+        with cpu_bf16_training_attention(model), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("autocast")):
             if stage == "stage1":
                 loss = pretrain_bench._loss("one_pass", model, collator, batch, None, args,
                                             __import__("trainers.pretraining", fromlist=["EbaeEbarLoss"]).EbaeEbarLoss(
