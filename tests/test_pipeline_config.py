@@ -24,7 +24,7 @@ from llara.cli import main as cli_main
 
 # The main job before this config became the CLI (PipelineConfig's old defaults), under the stages' names.
 MAIN_JOB = {
-    "out": "outputs/pipeline", "seed": 0,
+    "out": "outputs/pipeline", "base": None, "seed": 0,
     "n_test_queries": 150, "n_test_corpus": 600, "n_pretrain_docs": 1200, "n_train_pairs": 1200,
     "max_text_tokens": 64, "eval_batch_size": 16, "dtype": "auto",
     "pretrain_max_steps": 80, "pretrain_per_device_train_batch_size": 8, "pretrain_learning_rate": 5e-5,
@@ -57,7 +57,7 @@ def test_every_parameter_is_a_config_field_and_every_stage_field_exists():
     names = {f.name for f in dataclasses.fields(p.PipelineConfig)}
     assert set(p.STAGE_FIELDS) <= names
     # the pipeline's own parameters: where to write, and which model mines
-    assert names - set(p.STAGE_FIELDS) == {"out", "mine_with"}
+    assert names - set(p.STAGE_FIELDS) == {"out", "base", "mine_with"}
     for param, targets in p.STAGE_FIELDS.items():
         for stage, name in targets:
             _owner_default(stage, name)  # KeyError when a stage renamed or dropped the field
@@ -282,3 +282,24 @@ def test_the_main_job_table_reads_results_under_the_old_and_the_new_names(tmp_pa
     new = tmp_path / "results.json"
     new.write_text(json.dumps({**data, "config": renamed}))
     assert tables.main_job_table(new) == tables.main_job_table(committed)
+
+
+def test_the_base_llm_reaches_llara_init_and_names_the_export(tmp_path, monkeypatch):
+    # Given a run on another base LLM (a local .gguf file)
+    gguf = tmp_path / "gemma-3-270m.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    cfg = p.PipelineConfig(out=str(tmp_path / "run"), base=str(gguf))
+    seen = {}
+    import trainers.convert
+
+    monkeypatch.setattr(trainers.convert, "convert", lambda src, out, **kw: seen.update(src=src, out=out) or out)
+    # When the init stage runs
+    p.init_model(cfg)
+    # Then `llara init` converts that file, and the export is named after it; the default stays the embedded SmolLM2
+    assert seen["src"] == str(gguf)
+    assert p.base_names(cfg) == ("gemma-3-270m.Q4_K_M", "gemma-3-270m.Q4_K_M")
+    assert p.export_name(cfg) == "llara-gemma-3-270m.q4-k-m-debian"
+    default = p.PipelineConfig()
+    assert p.base_names(default) == ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert p.export_name(default) == "llara-smollm2-135m-debian"
+    assert p.base_names(p.PipelineConfig(base="google/gemma-3-270m")) == ("gemma-3-270m", "google/gemma-3-270m")

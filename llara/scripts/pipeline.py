@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.save_config(cfg)
     step(1, "data: disjoint pretraining text, training pairs and a held-out test collection (Debian descriptions)")
     data = p.prepare_data(cfg)
-    step(2, "llara init: SmolLM2-135M-Instruct -> LLaRA")
+    step(2, f"llara init: {p.base_names(cfg)[0]} -> LLaRA")
     init = p.init_model(cfg)
     step(3, "evaluate the untrained LLaRA model (LLaRA prompts, no training)")
     results = [p.evaluate(cfg, str(init), data["test"], "llara-init")]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     export_model(
         finetuned, hub, results=[cfg.root / "results" / "llara-finetuned.json"], training_dir=finetuned,
-        model_name="llara-smollm2-135m-debian", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", overwrite=True,
+        model_name=p.export_name(cfg), base_model=p.base_names(cfg)[1], overwrite=True,
     )
     step(9, "load the export back through sentence-transformers and compare with the fine-tuned model")
     check = p.check_export(hub, finetuned, data["test"])
