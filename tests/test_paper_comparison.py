@@ -141,7 +141,7 @@ def test_summary_reports_every_ablation_comparison_and_the_grid():
         assert rows["a"]["runs"] == 1 and rows["a"]["formatted"]["ndcg@10"].endswith("n/a")
         assert rows["ebae+lm"]["runs"] == 3 and len(rows["ebae+lm"]["per_seed_ndcg@10"]) == 3
         assert best == max((k for k in rows if k.startswith("b-paper")), key=lambda k: rows[k]["ndcg@10"])
-    assert "EBAE + LM vs (b-lm) LM term only" in report["markdown"]
+    assert "EBAE + LM (EBAE weight 0.05; released rule 0.1) vs (b-lm) LM term only" in report["markdown"]
 
 
 def test_summary_without_ablations_compares_the_main_variants_only():
