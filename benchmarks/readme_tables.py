@@ -103,8 +103,9 @@ def comparison_answer_table(path: Path) -> str:
         f"nDCG@10, mean ± std over seeds {seeds}, at {settings['budget_scale']:g}x the main job's budget "
         f"({settings['pretrain_steps_run']} stage-1 steps, {settings['finetune_steps_run']} fine-tuning steps); "
         f"Debian {settings['test_queries']} queries / {settings['test_corpus']} documents, docstrings "
-        f"{settings['pydocs_queries']} / {settings['pydocs_corpus']}; p: paired sign-flip test over queries "
-        f"({settings['permutations']} flips), Holm-adjusted over the report's primary comparisons.",
+        f"{settings['pydocs_queries']} / {settings['pydocs_corpus']}; p over queries: paired sign-flip test "
+        f"({settings['permutations']} flips); p with seeds as the unit: two-level bootstrap over seeds, then queries; "
+        "both Holm-adjusted over the report's primary comparisons of both domains.",
         "",
         "| model | " + " | ".join(title for _, title in DOMAINS) + " |",
         "|---" * (len(DOMAINS) + 1) + "|",
@@ -121,8 +122,11 @@ def comparison_answer_table(path: Path) -> str:
         for domain, _ in DOMAINS:
             (test,) = [t for t in report["tests"][domain]["primary"] if (t["x"], t["y"]) == (x, y)]
             check = test["seed_check"]
+            seed_level = test.get("seed_level")  # reports written before the seed-level tests have none
+            boot = (f"; seeds as the unit (bootstrap) p {seed_level['bootstrap']['p_value']:.4f}, Holm "
+                    f"{test['p_holm_bootstrap']:.4f}") if seed_level else ""
             cells.append(
-                f"{test['mean_diff']:+.4f}; p {test['p_value']:.4f}, Holm {test['p_holm']:.4f}; "
+                f"{test['mean_diff']:+.4f}; queries p {test['p_value']:.4f}, Holm {test['p_holm']:.4f}{boot}; "
                 f"{test['wins']} queries better / {test['losses']} worse; "
                 f"positive in {check['positive']} of {check['seeds']} seeds"
             )
@@ -147,6 +151,31 @@ def comparison_table(path: Path) -> str:
     return "\n".join(out)
 
 
+def backbone_table(path: Path) -> str:
+    """The main job on each backbone family (``benchmarks/backbone_comparison.py``): nDCG@10 of the untrained,
+    stage-1 and fine-tuned model on both domains, next to BM25 and all-MiniLM-L6-v2, with each run's cost."""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    lines = [
+        "nDCG@10 on held-out Debian / Python docstrings (zero-shot); the main job's data and budget on each backbone.",
+        "",
+        "| backbone | untrained | after stage 1 | fine-tuned | wall time, peak memory |",
+        "|---|---|---|---|---|",
+    ]
+    for name, backbone in report["backbones"].items():
+        rows = backbone["rows"]
+        cells = [f"{rows[key]['debian']['ndcg@10']:.4f} / {rows[key]['pydocs']['ndcg@10']:.4f}"
+                 for key in ("llara-init", "llara-pretrained", "llara-finetuned")]
+        env = backbone["environment"]
+        flags = "/".join(flag.upper().replace("_", "-") for flag in env.get("bf16_cpu_flags", [])) or "no bf16"
+        memory = backbone["peak_rss_bytes"]
+        cost = f"{backbone['seconds'] / 60:.0f} min" + (f", {memory / 2**30:.1f} GiB" if memory else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cost} ({env['cpu']}, {flags}) |")
+    for reference in report["references"].values():
+        score = f"{reference['debian']['ndcg@10']:.4f} / {reference['pydocs']['ndcg@10']:.4f}"
+        lines.append(f"| {reference['title']} | | | {score} | |")
+    return "\n".join(lines)
+
+
 def _comparison_block(folder: str) -> tuple[Path, str, Callable[[], str]]:
     return (BENCHMARKS_DOC, f"{folder}/paper_comparison",
             partial(comparison_table, RESULTS / folder / "paper_comparison.md"))
@@ -157,6 +186,7 @@ TARGETS: tuple[tuple[Path, str, Callable[[], str]], ...] = (
     (README, "main-job", main_job_table),
     (README, "comparison-answer",
      partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x" / "paper_comparison.json")),
+    (README, "backbones", partial(backbone_table, RESULTS / "backbones.json")),
     _comparison_block("paper_comparison_budget5x"),
     _comparison_block("paper_comparison_budget1x-rerun"),
     _comparison_block("paper_comparison_budget1x"),

@@ -399,14 +399,14 @@ DEFAULT_BASE_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_BASE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def base_names(cfg: PipelineConfig) -> tuple[str, str]:
-    """``(display name, base_model of the model card)`` of the run's base LLM."""
+def base_names(cfg: PipelineConfig) -> tuple[str, str | None]:
+    """``(display name, base_model of the model card)`` of the run's base LLM; a local folder or file has no Hub id
+    to name in the card (``None``)."""
     if cfg.base is None:
         return DEFAULT_BASE_NAME, DEFAULT_BASE_HUB_ID
     path = Path(cfg.base)
-    if path.exists():  # a local folder or .gguf file: its name is all that is known of it
-        name = path.stem if path.is_file() else path.resolve().name
-        return name, name
+    if path.exists():
+        return (path.stem if path.is_file() else path.resolve().name), None
     return cfg.base.rsplit("/", 1)[-1], cfg.base  # a Hub id
 
 

@@ -297,7 +297,7 @@ def test_the_base_llm_reaches_llara_init_and_names_the_export(tmp_path, monkeypa
     p.init_model(cfg)
     # Then `llara init` converts that file, and the export is named after it; the default stays the embedded SmolLM2
     assert seen["src"] == str(gguf)
-    assert p.base_names(cfg) == ("gemma-3-270m.Q4_K_M", "gemma-3-270m.Q4_K_M")
+    assert p.base_names(cfg) == ("gemma-3-270m.Q4_K_M", None)  # a local file names no Hub id in the card
     assert p.export_name(cfg) == "llara-gemma-3-270m.q4-k-m-debian"
     default = p.PipelineConfig()
     assert p.base_names(default) == ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")

@@ -90,6 +90,42 @@ def test_comparison_answer_table_reads_means_and_primary_tests(tmp_path):
     assert "| BM25 | 0.8000 | 0.8000 |" in lines
     assert "| (d) LLaRA stage 1 + fine-tuning | 0.8700 ± 0.0300 | 0.8700 ± 0.0300 |" in lines
     assert not any(line.startswith("| (b)") for line in lines)
-    cell = "+0.0200; p 0.0100, Holm 0.0300; 20 queries better / 5 worse; positive in 2 of 2 seeds"
+    # a report written before the seed-level tests: the query-level test only
+    cell = "+0.0200; queries p 0.0100, Holm 0.0300; 20 queries better / 5 worse; positive in 2 of 2 seeds"
     assert f"| (d) minus (c) | {cell} | {cell} |" in lines
-    assert any(line.startswith("| (d) minus (d-lm) | -0.0100; p 0.5000") for line in lines)
+    assert any(line.startswith("| (d) minus (d-lm) | -0.0100; queries p 0.5000") for line in lines)
+    # with the seed-level tests, the bootstrap's p and its Holm adjustment follow the query-level ones
+    for t in primary:
+        t["seed_level"] = {"bootstrap": {"p_value": 0.04}}
+        t["p_holm_bootstrap"] = 0.12
+    path.write_text(json.dumps(report))
+    lines = tables.comparison_answer_table(path).split("\n")
+    cell = ("+0.0200; queries p 0.0100, Holm 0.0300; seeds as the unit (bootstrap) p 0.0400, Holm 0.1200; "
+            "20 queries better / 5 worse; positive in 2 of 2 seeds")
+    assert f"| (d) minus (c) | {cell} | {cell} |" in lines
+
+
+def test_backbone_table_rows_and_costs(tmp_path):
+    tables = _tables_module()
+
+    def rows(*scores):
+        keys = ("llara-init", "llara-pretrained", "llara-finetuned")
+        return {k: {"debian": {"ndcg@10": d}, "pydocs": {"ndcg@10": q}} for k, (d, q) in zip(keys, scores)}
+
+    env = {"cpu": "Some CPU", "bf16_cpu_flags": ["avx512_bf16"]}
+    report = {
+        "backbones": {
+            "A": {"rows": rows((0.1, 0.05), (0.5, 0.3), (0.9, 0.7)), "seconds": 720, "peak_rss_bytes": None,
+                  "environment": env},
+            "B": {"rows": rows((0.06, 0.03), (0.66, 0.48), (0.93, 0.71)), "seconds": 780,
+                  "peak_rss_bytes": 3 * 2**30, "environment": {"cpu": "Other", "bf16_cpu_flags": []}},
+        },
+        "references": {"bm25": {"title": "BM25", "debian": {"ndcg@10": 0.87}, "pydocs": {"ndcg@10": 0.64}}},
+    }
+    path = tmp_path / "backbones.json"
+    path.write_text(json.dumps(report))
+    lines = tables.backbone_table(path).split("\n")
+    # a run without a recorded peak shows its time only; the CPU kind stays on every row
+    assert "| A | 0.1000 / 0.0500 | 0.5000 / 0.3000 | 0.9000 / 0.7000 | 12 min (Some CPU, AVX512-BF16) |" in lines
+    assert "| B | 0.0600 / 0.0300 | 0.6600 / 0.4800 | 0.9300 / 0.7100 | 13 min, 3.0 GiB (Other, no bf16) |" in lines
+    assert "| BM25 | | | 0.8700 / 0.6400 | |" in lines

@@ -44,6 +44,7 @@ def _steps(value: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, run = parse_args(argv)
+    import resource
     import time
     from dataclasses import asdict
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     png = p.plot(results, curves, cfg.root / "results.png")
     summary = {"config": asdict(cfg), "results": [{k: v for k, v in r.items() if k != "per_query"} for r in results],
                "export_check": check, "seconds": round(time.perf_counter() - started, 1),
+               # every stage runs in this process: its peak resident memory is the run's (ru_maxrss is in KiB on Linux)
+               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                "environment": {**environment(), "compute_dtype": str(p.compute_dtype(cfg)).removeprefix("torch.")}}
     atomic_write_json(cfg.root / "results.json", summary, default=str)
     atomic_write_text(cfg.root / "results.md", table + "\n")
