@@ -3,7 +3,9 @@
 #   1. `pytest -m gpu` on the pretraining tests: one pass == two passes on CUDA (sdpa/eager, both padding
 #      sides, fp32 1e-5), bf16 without NaN, the fused LM term == full logits, --bf16/--fp16 Trainer runs,
 #      DeepSpeed ZeRO-3 / FSDP2 runs (full and LoRA) == a plain run, ZeRO-3 + bf16 (the 8-GPU recipe's setting);
-#   2. the training-step benchmark on the GPU, fp32 and bf16 autocast.
+#   2. the training-step benchmark on the GPU, fp32 and bf16 autocast;
+#   3. data-parallel encoding: `llara index` over 10^5 synthetic documents (tiny model) in one process and, with
+#      several GPUs, one process per GPU under torchrun (benchmarks/bench_index_scale.py).
 #
 #   OUT=benchmarks/results/gpu bash benchmarks/gpu_checks.sh [LLaRA folder with config + tokenizer]
 #
@@ -39,4 +41,8 @@ step bench_fp32 130 "$PY" benchmarks/bench_pretrain_step.py --device cuda --mode
   --batch 8 --steps 10 --out "$OUT/pretrain_step_cuda_fp32.json"
 step bench_bf16 130 "$PY" benchmarks/bench_pretrain_step.py --device cuda --model "$MODEL" --random-init --bf16 \
   --batch 8 --steps 10 --out "$OUT/pretrain_step_cuda_bf16.json"
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+PROCS=$( [ "$NGPU" -gt 1 ] && echo "1 $NGPU" || echo 1 )
+step index_scale 150 "$PY" benchmarks/bench_index_scale.py --sizes 100000 --processes $PROCS \
+  --workdir /tmp/bench_index_scale --out "$OUT/index_scale_cuda.json"
 exit $status
