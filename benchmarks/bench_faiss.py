@@ -19,7 +19,7 @@ embedding sets, whose intrinsic dimension is in the tens. The first version of t
 clusters with full 576-d isotropic noise; at 1M vectors that made each point's neighbours near-ties
 among ~1000 cluster mates (HNSW recall@10 0.61) and made IVF1024's cells coincide with the generator's
 1024 clusters (recall 1.0 at nprobe 4), artifacts of the data, not properties of the indexes
-(kept for the record in ``results/faiss_isotropic.json``). Queries are fresh points from the same
+(``benchmarks/results/faiss_isotropic.json`` at commit 019fea0). Queries are fresh points from the same
 mixture. Fewer queries are used at 1M (the scans of flat and SQ indexes cost O(N) per query): see
 ``queries_for``.
 """
