@@ -12,6 +12,14 @@ Variants, measured side by side on the same model, batch and texts (text length 
 * ``full_logits``    - one pass, but LM-head logits materialized over the whole sequence (batch, seq, vocab)
                         in fp32 before the losses pick their positions (what a naive implementation does).
 
+``--train-step`` measures something else: whole training steps of ``one_pass`` as the pretraining trainer runs them
+(forward, backward, gradient clipping at 1.0, fused AdamW, gradients set to None), each allocator setting in its own
+process: ``glibc_default`` and ``keep_freed_memory`` (:mod:`trainers.allocator`, what the ``llara`` command
+applies). Reported per setting: median step seconds, kernel (sys) seconds and minor page faults per step, and the
+process's peak resident memory (weights, gradients and AdamW states included). Writes
+benchmarks/results/pretrain_train_step.json (``--out`` to change). This is the cost a large tied vocabulary adds:
+with Gemma 3 270M (``--models gemma3=<llara folder>``) every vocabulary-sized product is 0.3-0.7 GB.
+
 Time: median seconds per training step (forward + loss + backward), variants interleaved. Peak memory:
 each variant runs in a fresh subprocess; on CPU (Linux) the figure is the kernel's peak RSS over one step, reset just before it,
 minus the RSS before it (see ``memory_probe``); on CUDA ``torch.cuda.max_memory_allocated``.
@@ -39,6 +47,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import memprobe  # noqa: E402
 from trainers.io import atomic_write_json  # noqa: E402
 VARIANTS = ("one_pass", "two_pass", "two_pass_fused", "full_logits")
+ALLOCATORS = ("glibc_default", "keep_freed_memory")
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LLARA_KEEP_FREED_MEMORY")
 WORDS = ("retrieval models embed passages so that relevant queries land near them in vector space while the "
          "language model adapts its final hidden states to summarize a text and to predict the next one").split()
 
@@ -48,7 +58,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="LLaRA folder with an LM head (default: the embedded SmolLM2, converted once into outputs/cache/smollm2-llara)")
     p.add_argument("--models", default="tiny,tiny-bytes,smollm2",
                    help="comma list of: tiny (hidden 64, 2 layers, SmolLM2 vocab), tiny-bytes (the test suite's tiny "
-                        "LLaMA: hidden 32, 2 layers, byte-level vocab of 276), smollm2")
+                        "LLaMA: hidden 32, 2 layers, byte-level vocab of 276), smollm2, or LABEL=FOLDER (a LLaRA folder "
+                        "with an LM head, pretrained weights, LABEL in the results)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=128, help="text tokens per row (prompt excluded)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
@@ -59,7 +70,11 @@ def make_parser() -> argparse.ArgumentParser:
                         "a folder with config + tokenizer and no weights is enough)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward + loss (fp32 weights), as `--bf16` training")
     p.add_argument("--quick", action="store_true", help="batch 4, 2 steps")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain_step.json"))
+    p.add_argument("--train-step", action="store_true",
+                   help="whole training steps (with AdamW) under each allocator setting instead of the four variants")
+    p.add_argument("--out", default=None, help="results file (default: benchmarks/results/pretrain_step.json, "
+                                               "pretrain_train_step.json with --train-step)")
+    p.add_argument("--_train_step", default=None, help=argparse.SUPPRESS)  # internal: one allocator setting
     p.add_argument("--_memory", default=None, help=argparse.SUPPRESS)  # internal: one variant in a subprocess
     return p
 
@@ -78,7 +93,10 @@ def load(name: str, args):
 
     if name == "tiny-bytes":
         return _tiny_bytes(args)
-    source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
+    if "=" in name:
+        name, source = name.split("=", 1)
+    else:
+        source = args.model or str(__import__("trainers.convert", fromlist=["cached_default_llara"]).cached_default_llara())
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
     config = LlaraConfig.from_pretrained(source)
     if name == "tiny":
@@ -227,13 +245,105 @@ def memory_probe(name: str, variant: str, args) -> float:
     return memprobe.peak_mib() - base
 
 
+def train_step_probe(name: str, allocator: str, args) -> dict:
+    """Whole ``one_pass`` training steps under one allocator setting (runs in its own process, see --train-step)."""
+    import resource
+
+    import torch
+
+    from trainers.allocator import keep_freed_memory
+
+    if allocator == "keep_freed_memory" and not keep_freed_memory():
+        raise RuntimeError("keep_freed_memory() did not apply (not glibc, or a MALLOC_* variable is set)")
+    model, tokenizer = load(name, args)
+    collator, batch, two = batch_for(tokenizer, model, args)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the Trainer's default: adamw_torch_fused
+
+    def train_step():
+        from trainers.cpu_attention import cpu_bf16_training_attention
+        from trainers.pretraining import EbaeEbarLoss
+
+        b = {k: v.to(args.device) for k, v in batch.items()}
+        loss_fn = EbaeEbarLoss(args.loss_mode, ignore_ids=collator.ignore_ids)
+        with cpu_bf16_training_attention(model), \
+                torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+            loss = _loss("one_pass", model, collator, b, two, args, loss_fn, None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    train_step()  # warm-up: the AdamW states exist from here on
+    times, sys_s, faults = [], [], []
+    for _ in range(args.steps):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        _sync(args)
+        start = time.perf_counter()
+        train_step()
+        _sync(args)
+        times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        sys_s.append(after.ru_stime - before.ru_stime)
+        faults.append(after.ru_minflt - before.ru_minflt)
+    return {"allocator": allocator, "step_s": statistics.median(times), "steps_s": [round(t, 3) for t in times],
+            "sys_s_per_step": statistics.median(sys_s), "minor_faults_per_step": int(statistics.median(faults)),
+            "peak_rss_mib": memprobe.peak_mib(), "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": model.config.get_text_config().vocab_size}
+
+
+def run_train_steps(args) -> list[dict]:
+    """--train-step: each model under each allocator setting, one process each; ratios side by side."""
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if k not in _MALLOC_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    rows = []
+    for name in args.models.split(","):
+        row = {"model": name.split("=")[0], "batch": args.batch,
+               "text_tokens": args.text_tokens, "loss_mode": args.loss_mode, "bf16": args.bf16, "device": args.device,
+               "threads": torch.get_num_threads(), "steps": args.steps}
+        for allocator in ALLOCATORS:
+            cmd = [sys.executable, __file__, "--_train_step", f"{name}:{allocator}", "--batch", str(args.batch),
+                   "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device,
+                   "--steps", str(args.steps)] + ["--model", args.model] * bool(args.model) + ["--bf16"] * args.bf16
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode or not lines:
+                raise RuntimeError(f"{name} / {allocator} failed:\n{proc.stderr[-2000:]}")
+            row[allocator] = json.loads(lines[-1])
+        default, kept = row["glibc_default"], row["keep_freed_memory"]
+        row["kept_over_default_time"] = kept["step_s"] / default["step_s"]
+        row["kept_over_default_peak"] = kept["peak_rss_mib"] / default["peak_rss_mib"]
+        rows.append(row)
+        print(f"{row['model']:12} {'allocator':18} {'step s':>7} {'sys s':>6} {'faults':>9} {'peak MiB':>9}")
+        for allocator in ALLOCATORS:
+            r = row[allocator]
+            print(f"{row['model']:12} {allocator:18} {r['step_s']:7.2f} {r['sys_s_per_step']:6.2f} "
+                  f"{r['minor_faults_per_step']:9d} {r['peak_rss_mib']:9.0f}")
+        print(f"{row['model']:12} keep/default: time {row['kept_over_default_time']:.2f}, peak {row['kept_over_default_peak']:.2f}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.quick:
         args.batch, args.steps = min(args.batch, 4), min(args.steps, 2)
     if args._memory:
-        name, variant = args._memory.split(":")
+        name, variant = args._memory.rsplit(":", 1)
         print(json.dumps({"peak_mib": memory_probe(name, variant, args)}))
+        return 0
+    if args._train_step:
+        name, allocator = args._train_step.rsplit(":", 1)
+        print(json.dumps(train_step_probe(name, allocator, args)))
+        return 0
+    results_dir = REPO / "benchmarks" / "results"
+    if args.train_step:
+        from trainers.run_records import environment
+
+        rows = run_train_steps(args)
+        out = args.out or str(results_dir / "pretrain_train_step.json")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, {"environment": environment(), "rows": rows})
         return 0
     import torch
 
@@ -252,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 _sync(args)
                 times[v].append(time.perf_counter() - start)
         del model
-        row = {"model": name, "batch": args.batch, "text_tokens": args.text_tokens, "one_pass_len": batch["input_ids"].shape[1],
+        row = {"model": name.split("=")[0], "batch": args.batch, "text_tokens": args.text_tokens, "one_pass_len": batch["input_ids"].shape[1],
                "two_pass_len": two["summarize"]["input_ids"].shape[1], "loss_mode": args.loss_mode, "device": args.device,
                "weights": "random" if name.startswith("tiny") or args.random_init else "pretrained", "bf16": args.bf16,
                "threads": torch.get_num_threads(),
@@ -280,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['model']:10} {v:14} {row[f'{v}_s']:8.3f} {peak if peak is None else round(peak, 1):>9}")
         print(f"{row['model']:10} one/two time ratio: {row['one_vs_two_time']:.3f} (target <= 0.65); "
               f"one/two_fused (same LM kernel): {row['one_vs_two_fused_time']:.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, results)
+    out = args.out or str(results_dir / "pretrain_step.json")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, results)
     return 0
 
 

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 def console_main() -> None:
     """The ``llara`` console script and ``python -m llara``: ``main`` and a clean exit (also under torchrun)."""
     from llara.cli_boundary import exit_process
+    from trainers.allocator import keep_freed_memory
 
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of faulting in fresh pages (trainers.allocator)
     exit_process(main())
 
 

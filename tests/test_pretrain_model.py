@@ -259,6 +259,23 @@ def test_fused_lm_loss_of_improbable_targets_is_exact(chunk):
     torch.testing.assert_close(mine_weight.grad, ref_weight.grad)
 
 
+def test_fused_lm_loss_scales_in_place_once():
+    # Given the fused loss scaled by 0.5 (its saved gradients are scaled in place, no vocabulary-sized copy)
+    torch.manual_seed(0)
+    states, weight = torch.randn(6, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
+    targets = torch.randint(0, 20, (6,))
+    loss = 0.5 * llara_impl._LinearCrossEntropySum.apply(states, weight, targets, 4)
+    ref_states, ref_weight = states.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    (0.5 * torch.nn.functional.cross_entropy(ref_states @ ref_weight.T, targets, reduction="sum")).backward()
+    # When it backpropagates once, then a second time through the retained graph
+    loss.backward(retain_graph=True)
+    # Then the first gives autograd's gradients and the second is refused rather than scaled twice
+    torch.testing.assert_close(states.grad, ref_states.grad)
+    torch.testing.assert_close(weight.grad, ref_weight.grad)
+    with pytest.raises(RuntimeError, match="one backward pass per forward"):
+        loss.backward()
+
+
 def test_default_lm_chunk_follows_the_vocabulary(tiny_llara_dir, tokenizer, monkeypatch):
     # Given the default chunk size: 64 MiB of fp32 logits, whatever the vocabulary
     assert llara_impl.default_lm_chunk_size(49168) == 341
