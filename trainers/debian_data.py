@@ -200,6 +200,42 @@ def make_splits(
     )
 
 
+def make_validation(
+    pairs: Sequence[Mapping],
+    splits: DebianSplits,
+    *,
+    n_queries: int = 150,
+    n_corpus: int = 600,
+    seed: int = 0,
+) -> TestCollection:
+    """A validation collection for choices (recipe, learning rate) from the packages no split of ``splits`` uses.
+
+    Built like the test collection (:func:`make_splits` on the unused pairs, shuffled with ``seed``), so it is
+    disjoint from the test collection, the training pairs and the pretraining text by package id, and no query or
+    document of it repeats (whitespace and case aside) a text of those parts. The splits themselves are unchanged:
+    data and models made from them stay valid.
+
+    Raises:
+        ValueError: fewer unused pairs than ``n_corpus``, or bad sizes.
+    """
+    used_texts = {normalize_text(t) for t in splits.test.corpus.values()} | {normalize_text(t) for t in splits.test.queries.values()}
+    used_texts |= {normalize_text(r["text"]) for r in splits.pretrain_docs}
+    used_texts |= {normalize_text(r[k]) for r in splits.train_pairs for k in ("query", "document")}
+    unused = set(splits.unused_ids)
+    rest = [r for r in pairs if r["id"] in unused
+            and normalize_text(r["query"]) not in used_texts and normalize_text(r["document"]) not in used_texts]
+    if len(rest) < n_corpus:
+        raise ValueError(f"a validation collection of {n_corpus} documents needs that many unused pairs; "
+                         f"{len(rest)} are left after the splits")
+    return make_splits(rest, seed=seed, n_test_queries=n_queries, n_test_corpus=n_corpus,
+                       n_train_pairs=0, n_pretrain_docs=0).test
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace runs to one space, case folded: the key under which two texts count as the same."""
+    return " ".join(text.split()).casefold()
+
+
 def write_beir(collection: TestCollection, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``collection`` in BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv.
 

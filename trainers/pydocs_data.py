@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from trainers.debian_data import TestCollection, make_splits, write_beir
+from trainers.debian_data import TestCollection, make_splits, normalize_text, write_beir
 from trainers.io import iter_jsonl
 
 ENV_VAR = "LLARA_PYDOCS_DATA"
@@ -69,7 +69,7 @@ def load_docstrings(path: str | os.PathLike | None = None) -> list[dict]:
                     raise ValueError(f"{p}:{lineno}: field {key!r} missing or not a non-empty string")
             if rec["id"] in seen:
                 raise ValueError(f"{p}:{lineno}: duplicate id {rec['id']!r}")
-            if _norm(rec["query"]) in _norm(rec["document"]):
+            if normalize_text(rec["query"]) in normalize_text(rec["document"]):
                 raise ValueError(f"{p}:{lineno}: the query of {rec['id']!r} occurs verbatim in its document")
             seen.add(rec["id"])
             records.append({key: rec[key] for key in FIELDS})
@@ -79,10 +79,6 @@ def load_docstrings(path: str | os.PathLike | None = None) -> list[dict]:
         raise ValueError(f"{p}: pydocs snapshot is empty; {REBUILD_HINT}")
     records.sort(key=lambda r: r["id"])
     return records
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def document_text(record: Mapping[str, str], *, with_signature: bool = True) -> str:
@@ -120,6 +116,37 @@ def make_test_collection(
     splits = make_splits(pairs, seed=seed, n_test_queries=n_queries, n_test_corpus=n_corpus,
                          n_train_pairs=0, n_pretrain_docs=0)
     return splits.test
+
+
+def make_validation_collection(
+    records: Sequence[Mapping[str, str]],
+    *,
+    test_queries: int = 300,
+    test_corpus: int = 1500,
+    n_queries: int = 150,
+    n_corpus: int = 600,
+    seed: int = 0,
+    with_signature: bool = True,
+) -> TestCollection:
+    """A validation collection for choices, disjoint from the test collection of the same settings.
+
+    The test collection (:func:`make_test_collection` with ``test_queries``, ``test_corpus`` and ``seed``) is
+    rebuilt and its records left out (by id, and any record whose query or page text repeats one of its texts);
+    the rest is split the same way. Records are disjoint, stdlib modules are not: the snapshot's modules that
+    the test collection leaves untouched hold too few docstrings for a collection of this size.
+
+    Raises:
+        ValueError: fewer records left than ``n_corpus``, or bad sizes.
+    """
+    test = make_test_collection(records, n_queries=test_queries, n_corpus=test_corpus, seed=seed,
+                                with_signature=with_signature)
+    used = {normalize_text(t) for t in test.corpus.values()} | {normalize_text(t) for t in test.queries.values()}
+    rest = [r for r in records if r["id"] not in test.corpus and normalize_text(r["query"]) not in used
+            and normalize_text(document_text(r, with_signature=with_signature)) not in used]
+    if len(rest) < n_corpus:
+        raise ValueError(f"a validation collection of {n_corpus} documents needs that many records outside the "
+                         f"test collection; {len(rest)} are left")
+    return make_test_collection(rest, n_queries=n_queries, n_corpus=n_corpus, seed=seed, with_signature=with_signature)
 
 
 def write_test_collection(
