@@ -303,3 +303,38 @@ def test_the_base_llm_reaches_llara_init_and_names_the_export(tmp_path, monkeypa
     assert p.base_names(default) == ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert p.export_name(default) == "llara-smollm2-135m-debian"
     assert p.base_names(p.PipelineConfig(base="google/gemma-3-270m")) == ("gemma-3-270m", "google/gemma-3-270m")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-stage peaks need Linux's clear_refs")
+def test_the_pipeline_records_each_stages_peak_memory(tmp_path, monkeypatch):
+    """results.json holds the peak resident memory of each step; a step's peak is its own, not the run's so far."""
+    import mmap
+
+    import hub_card.export
+    from llara.scripts.pipeline import main
+
+    big = 256 * 2**20
+
+    def pretrain(cfg, init, data):
+        block = mmap.mmap(-1, big)  # anonymous pages, unmapped on close whatever malloc keeps
+        block.write(b"x" * big)
+        block.close()
+        return tmp_path / "pretrained"
+
+    result = {"label": "x", "metrics": {"ndcg@10": 0.5}}
+    monkeypatch.setattr(p, "prepare_data", lambda cfg: {"test": tmp_path, "train": tmp_path, "pretrain": tmp_path})
+    monkeypatch.setattr(p, "init_model", lambda cfg: tmp_path / "init")
+    monkeypatch.setattr(p, "evaluate", lambda *a, **k: result)
+    monkeypatch.setattr(p, "pretrain", pretrain)
+    monkeypatch.setattr(p, "mine", lambda cfg, train, model=None: tmp_path)
+    monkeypatch.setattr(p, "finetune", lambda cfg, base, data: tmp_path / "finetuned")
+    monkeypatch.setattr(hub_card.export, "export_model", lambda *a, **k: None)
+    monkeypatch.setattr(p, "check_export", lambda *a, **k: {"texts": 1, "max_abs_diff": 0.0})
+    monkeypatch.setattr(p, "format_table", lambda results: "")
+    monkeypatch.setattr(p, "loss_curve", lambda folder: [])
+    monkeypatch.setattr(p, "plot", lambda *a: tmp_path / "results.png")
+    assert main(["--out", str(tmp_path), "--no_baselines"]) == 0
+    peaks = json.loads((tmp_path / "results.json").read_text())["stage_peak_rss_bytes"]
+    assert [k.split(":")[0] for k in peaks] == [str(i) for i in range(1, 10)]  # "4: EBAE/EBAR pretraining (...)"
+    by_step = {k.split(":")[0]: v for k, v in peaks.items()}
+    assert by_step["4"] - by_step["5"] > big * 0.9  # stage 1's 256 MiB shows in its own window only

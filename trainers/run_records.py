@@ -48,6 +48,32 @@ def environment() -> dict:
     }
 
 
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory since start or the last :func:`reset_peak_rss` (Linux ``VmHWM``;
+    None elsewhere)."""
+    return _status_bytes("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory window: the kernel's peak mark drops to the current resident memory (Linux
+    ``/proc/self/clear_refs`` = 5). False where that is not possible: the peak then keeps counting from start."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def hardware_description() -> str:
     import torch
 

@@ -51,10 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     from llara import pipeline as p
     from trainers.io import atomic_write_json, atomic_write_text
 
+    from trainers.run_records import peak_rss_bytes, reset_peak_rss
+
     started = time.perf_counter()
+    stage_peaks: dict[str, int | None] = {}  # step -> peak resident bytes during it (a skipped step: what reading took)
+    current: list[str] = []
+
+    def close_step() -> None:
+        if current:
+            stage_peaks[current.pop()] = peak_rss_bytes()
 
     def step(index: int, text: str) -> None:
+        close_step()
         print(f"\n[{index}/{STEPS}] {text}  ({time.perf_counter() - started:.0f} s)", flush=True)
+        if reset_peak_rss():
+            current.append(f"{index}: {text.split(':')[0]}")
 
     p.save_config(cfg)
     step(1, "data: disjoint pretraining text, training pairs and a held-out test collection (Debian descriptions)")
@@ -90,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     check = p.check_export(hub, finetuned, data["test"])
     print(f"max |exported - fine-tuned| over {check['texts']} texts: {check['max_abs_diff']:.2e}")
 
+    close_step()
     from trainers.run_records import environment
 
     table = p.format_table(results)
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                "export_check": check, "seconds": round(time.perf_counter() - started, 1),
                # every stage runs in this process: its peak resident memory is the run's (ru_maxrss is in KiB on Linux)
                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               "stage_peak_rss_bytes": stage_peaks,
                "environment": {**environment(), "compute_dtype": str(p.compute_dtype(cfg)).removeprefix("torch.")}}
     atomic_write_json(cfg.root / "results.json", summary, default=str)
     atomic_write_text(cfg.root / "results.md", table + "\n")
