@@ -21,11 +21,13 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
 
 --select   choices on a validation split (our protocol, asked for by the comparison's open question): one
              validation collection per domain, disjoint from everything trained or tested on (Debian: packages no
-             split uses; docstrings: records outside the test collection). Group ``select`` trains every stage-1
-             candidate (--select-recipes x --select-lrs: ``reference``, ``paper`` = EBAE + EBAR without LM, ``ebae``
-             and ``ebar`` = one bag-of-words term without LM) at the first seed and scores it on validation only;
-             the LM-free candidate with the best validation nDCG@10 (mean of both domains) is written to
-             selection.json. Group ``best`` then trains it for every seed, (b-best), and fine-tunes it like (c)
+             split uses; docstrings: records outside the test collection). Group ``select`` trains stage-1 candidates
+             at the first seed and scores them on validation only. Recipes (--select-recipes): ``reference``,
+             ``paper`` = EBAE + EBAR without LM, ``ebae`` and ``ebar`` = one bag-of-words term without LM. Search
+             (--select-search): ``staged`` (default) compares the LM-free recipes at the first of --select-lrs,
+             then tries the best of them at the other lrs, and trains the recipes with the LM term at the first lr
+             for reference; ``grid`` trains every recipe at every lr. The LM-free candidate with the best
+             validation nDCG@10 (mean of both domains) is written to selection.json. Group ``best`` then trains it for every seed, (b-best), and fine-tunes it like (c)
              and (d): (d-best). Every fine-tuned model trained from here on, and the references, are also scored
              on validation; the report says whether (d-best) beats (d) there in both domains (the default-recipe
              decision), and the test collections score each final model once.
@@ -286,18 +288,46 @@ def selected_candidate(args) -> dict | None:
     return chosen
 
 
+def _validation_mean(val_runs: dict, key: str, seed: int) -> float | None:
+    scores = [val_runs[d].get(f"{key}|{seed}") for d in DOMAINS]
+    return None if any(r is None for r in scores) else sum(r["metrics"]["ndcg@10"] for r in scores) / len(scores)
+
+
+def selection_plan(args, val_runs: dict, seed: int) -> tuple[list[tuple[str, float]], bool]:
+    """The candidates (recipe, lr) to train, in training order, and whether the plan is final.
+
+    ``grid``: every recipe at every lr. ``staged`` (default): every LM-free recipe at the first of --select-lrs,
+    then the best of them at the other lrs, then the recipes with the LM term at the first lr (they are reported,
+    not selected); the plan is final once the LM-free recipes have their first-lr results.
+    """
+    anchor = args.select_lrs[0]
+    if args.select_search == "grid":
+        return [(recipe, lr) for recipe in args.select_recipes for lr in args.select_lrs], True
+    lm_free = [r for r in args.select_recipes if r in LM_FREE]
+    if not lm_free:
+        raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
+                         f"(one of {', '.join(LM_FREE)})")
+    first = [(recipe, anchor) for recipe in lm_free]
+    rest = [(recipe, anchor) for recipe in args.select_recipes if recipe not in LM_FREE]
+    means = {recipe: _validation_mean(val_runs, candidate_key(recipe, anchor), seed) for recipe in lm_free}
+    if any(m is None for m in means.values()):
+        return first + rest, False
+    best = max(lm_free, key=lambda r: means[r])
+    return first + [(best, lr) for lr in args.select_lrs[1:]] + rest, True
+
+
 def make_selection(args, val_runs: dict, seed: int) -> dict | None:
     """Pick the LM-free stage-1 candidate with the best mean validation nDCG@10; None while any is missing."""
+    plan, final = selection_plan(args, val_runs, seed)
     candidates = {}
-    for recipe in args.select_recipes:
-        for lr in args.select_lrs:
-            key = candidate_key(recipe, lr)
-            scores = {d: val_runs[d].get(f"{key}|{seed}") for d in DOMAINS}
-            if any(r is None for r in scores.values()):
-                return None
-            ndcg = {d: r["metrics"]["ndcg@10"] for d, r in scores.items()}
-            candidates[key] = {"recipe": recipe, "learning_rate": lr, "overrides": SELECT_RECIPES[recipe],
-                               "validation_ndcg@10": ndcg, "mean": sum(ndcg.values()) / len(ndcg)}
+    for recipe, lr in plan:
+        key = candidate_key(recipe, lr)
+        mean = _validation_mean(val_runs, key, seed)
+        if mean is None or not final:
+            return None
+        ndcg = {d: val_runs[d][f"{key}|{seed}"]["metrics"]["ndcg@10"] for d in DOMAINS}
+        candidates[key] = {"recipe": recipe, "learning_rate": lr, "overrides": SELECT_RECIPES[recipe],
+                           "validation_ndcg@10": ndcg, "mean": mean}
     lm_free = {k: c for k, c in candidates.items() if c["recipe"] in LM_FREE}
     if not lm_free:
         raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
@@ -307,6 +337,7 @@ def make_selection(args, val_runs: dict, seed: int) -> dict | None:
     from trainers.run_records import environment
 
     return {"split": "validation", "seed": seed, "criterion": SELECTION_CRITERION, "environment": environment(),
+            "search": args.select_search, "learning_rates": args.select_lrs, "recipes": args.select_recipes,
             "stage1_steps": args.pretrain_steps_run, "candidates": candidates,
             "selected": {"key": best, **lm_free[best]}, "best_overall": overall,
             "validation_collections": {"debian": f"{args.validation_queries} queries / {args.validation_corpus} "
@@ -356,8 +387,13 @@ def make_parser() -> argparse.ArgumentParser:
                              "fine-tuning (group best): see the description above")
     parser.add_argument("--select-recipes", nargs="+", choices=list(SELECT_RECIPES), default=list(SELECT_RECIPES),
                         help="stage-1 recipes of the selection (default: %(default)s)")
-    parser.add_argument("--select-lrs", type=float, nargs="+", default=[1e-5, 5e-5, 2e-4],
-                        help="stage-1 learning rates of the selection (default: %(default)s)")
+    parser.add_argument("--select-lrs", type=float, nargs="+", default=[5e-5, 1e-5, 2e-4],
+                        help="stage-1 learning rates of the selection; with --select-search staged the first is where "
+                             "the recipes are compared (default: %(default)s)")
+    parser.add_argument("--select-search", choices=["staged", "grid"], default="staged",
+                        help="staged: every LM-free recipe at the first lr, then the best of them at the other lrs, "
+                             "then the recipes with the LM term at the first lr (recipes + lrs - 1 runs); grid: every "
+                             "recipe at every lr (default: %(default)s)")
     parser.add_argument("--validation-queries", type=int, default=150,
                         help="queries of each domain's validation collection (default: %(default)s)")
     parser.add_argument("--validation-corpus", type=int, default=600,
@@ -568,14 +604,23 @@ def main(argv: list[str] | None = None) -> int:
             if results_exist(seed_cfgs[seed], v.key, seed):  # cached: read only
                 evaluate_all(seed_cfgs[seed], str(model_path(v.key, seed)), v.key, seed, v.splits)
     for group in train_groups:
+        if group in ("select", "best") and not args.select:
+            continue
         if group == "best" and args.select and not any(v.group == "best" for v in variants):
             raise SystemExit("--groups best: the selection is not complete (no selection.json): every candidate "
                              "of --groups select needs its validation results first")
-        # the selection trains at one seed; everything else at every seed
-        for seed in [select_seed] if group == "select" else args.seeds:
-            # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
-            for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
-                run_variant(v, seed)
+        if group == "select":  # one seed; the plan grows once its first stage has results (--select-search)
+            ran: set[str] = set()
+            for _ in range(2):
+                for recipe, lr in selection_plan(args, val_runs, select_seed)[0]:
+                    if candidate_key(recipe, lr) not in ran:
+                        ran.add(candidate_key(recipe, lr))
+                        run_variant(by_key[candidate_key(recipe, lr)], select_seed)
+        else:
+            for seed in args.seeds:
+                # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
+                for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
+                    run_variant(v, seed)
         if group == "select":
             selection = make_selection(args, val_runs, select_seed)
             if selection is not None:

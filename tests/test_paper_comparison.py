@@ -420,8 +420,8 @@ def test_select_trains_candidates_at_one_seed_then_carries_the_best_lm_free_one(
     trained = _fake_pipeline_run(tmp_path, monkeypatch, main, ["--no-ablations", "--select"], score=score)
     # every candidate trains at the first seed; then the chosen one is not retrained: (b-best) at that seed is the
     # candidate's model, and (d-best) fine-tunes from it
-    assert trained == [("pretrain", "sel-reference-lr5e-05"), ("pretrain", "sel-paper-lr5e-05"),
-                       ("pretrain", "sel-ebae-lr5e-05"), ("pretrain", "sel-ebar-lr5e-05"), ("finetune", "d-best")]
+    assert trained == [("pretrain", "sel-paper-lr5e-05"), ("pretrain", "sel-ebae-lr5e-05"),
+                       ("pretrain", "sel-ebar-lr5e-05"), ("pretrain", "sel-reference-lr5e-05"), ("finetune", "d-best")]
     work = tmp_path / "out" / "quick"
     selection = __import__("json").loads((work / "selection.json").read_text())
     # the reference recipe scores best overall but is not LM-free; among the LM-free ones ebae (0.6) beats paper (0.55)
@@ -461,3 +461,25 @@ def test_validation_summary_decides_the_default(tmp_path):
     assert out["decision"]["switch"] is True
     val["pydocs"]["d-best|0"] = run(0.39)
     assert pc.validation_summary(args, variants, val, {})["decision"]["switch"] is False
+
+
+def test_staged_selection_compares_recipes_at_one_lr_then_tunes_the_best_lm_free_one():
+    args = pc.resolve(pc.make_parser().parse_args(["--select", "--select-lrs", "5e-5", "1e-5", "2e-4"]))
+    val = {d: {} for d in pc.DOMAINS}
+    plan, final = pc.selection_plan(args, val, 0)
+    assert plan == [(r, 5e-5) for r in ("paper", "ebae", "ebar", "reference")] and not final
+    for recipe, score in (("reference", 0.9), ("paper", 0.5), ("ebae", 0.6), ("ebar", 0.4)):
+        for d in pc.DOMAINS:
+            val[d][f"{pc.candidate_key(recipe, 5e-5)}|0"] = {"metrics": {"ndcg@10": score}}
+    plan, final = pc.selection_plan(args, val, 0)
+    # the best LM-free recipe at 5e-5 is ebae (reference scores higher but keeps the LM term)
+    assert final and plan[3:] == [("ebae", 1e-5), ("ebae", 2e-4), ("reference", 5e-5)]
+    assert pc.make_selection(args, val, 0) is None  # its other lrs have no results yet
+    for lr, score in ((1e-5, 0.7), (2e-4, 0.2)):
+        for d in pc.DOMAINS:
+            val[d][f"{pc.candidate_key('ebae', lr)}|0"] = {"metrics": {"ndcg@10": score}}
+    selection = pc.make_selection(args, val, 0)
+    assert selection["selected"]["key"] == "sel-ebae-lr1e-05" and selection["search"] == "staged"
+    assert len(selection["candidates"]) == 6
+    grid = pc.resolve(pc.make_parser().parse_args(["--select", "--select-search", "grid"]))
+    assert len(pc.selection_plan(grid, val, 0)[0]) == 12
