@@ -209,3 +209,25 @@ def test_invalid_utf8_midway_resumes_at_the_right_line(tmp_path, monkeypatch, st
     # JSON lines: blank lines are passed over but counted
     (tmp_path / "j.jsonl").write_text('{"a": 1}\n\n\n{"a": 2}\n')
     assert list(iter_json_lines(tmp_path / "j.jsonl", streaming=streaming)) == [(1, {"a": 1}), (4, {"a": 2})]
+
+
+@pytest.mark.parametrize("flag,expected", [([], False), (["--streaming"], True)])
+def test_llara_finetune_streaming_flag_reaches_the_loader(tmp_path, monkeypatch, flag, expected):
+    import trainers.finetuning.trainer as trainer
+    from llara.scripts.finetune import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def load(source, split="train", streaming=False):
+        seen.update(source=source, streaming=streaming)
+        raise Stop
+
+    monkeypatch.setattr(trainer, "load_examples", load)
+    data = _write_jsonl(tmp_path / "t.jsonl", ROWS)
+    with pytest.raises(Stop):
+        main(["--model_name_or_path", str(tmp_path), "--train_data", str(data), "--output_dir", str(tmp_path / "o"),
+              "--use_cpu", "true", *flag])
+    assert seen == {"source": str(data), "streaming": expected}

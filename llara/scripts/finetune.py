@@ -25,6 +25,12 @@ class FinetuneScriptArguments:
         metadata={"help": "Training data: a jsonl(.gz) of {query, pos, neg}, a BEIR folder, or a saved `datasets` folder. Required."},
     )
     split: str = field(default="train", metadata={"help": "qrels split (BEIR folders) or dataset split to train on."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read a jsonl / JSON / parquet --train_data with datasets' streaming mode (row by row, "
+                          "nothing written to the Arrow cache): for files larger than the cache's disk. The cleaned "
+                          "examples are still kept in memory (groups are sampled from all of them)."},
+    )
     final_dir: str | None = field(
         default=None, metadata={"help": "Where the merged full model goes (default: <output_dir>/final)."}
     )
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         training_args,
         split=script_args.split,
         final_dir=script_args.final_dir,
+        streaming=script_args.streaming,
     )
     from trainers.finetuning.data import DataReport
 

@@ -243,6 +243,7 @@ def finetune(
     resume_from_checkpoint: str | bool | None = None,
     save_final: bool = True,
     evaluator=None,
+    streaming: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a LLaRA model on ``train_data`` (jsonl, BEIR folder or datasets dataset).
 
@@ -250,12 +251,13 @@ def finetune(
     and a run summary are written next to it. ``resume_from_checkpoint`` takes a checkpoint folder, or
     ``True``/``"last"`` for the last checkpoint in ``output_dir`` (``args.resume_from_checkpoint`` is used
     when this is None). ``evaluator``: any sentence-transformers evaluator (e.g.
-    ``InformationRetrievalEvaluator``), run at the Trainer's ``eval_strategy``.
+    ``InformationRetrievalEvaluator``), run at the Trainer's ``eval_strategy``. ``streaming``: read a jsonl /
+    JSON / parquet file with ``datasets``' streaming mode (see :func:`~trainers.finetuning.data.load_examples`).
     """
     from trainers.io import atomic_write_json
     from trainers.recipes import resolve_checkpoint
 
-    examples, corpus, report = load_examples(train_data, split=split)
+    examples, corpus, report = load_examples(train_data, split=split, streaming=streaming)
     groups = ContrastiveDataset(
         examples, group_size=args.group_size, corpus=corpus, no_negatives=args.no_negatives, seed=args.data_seed or args.seed,
         report=report,
