@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import field
 
-from modeling_llara.modeling_llara import DTYPE_CHOICES, DTYPE_ENV, FAST_BF16_CPU_FLAGS
+# The shipped model file's values (modeling_llara/modeling_llara.py), restated so that `llara <command> --help` does
+# not import torch; tests/test_layering.py checks that they stay equal.
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+DTYPE_ENV = "LLARA_DTYPE"
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 DTYPE_DEFAULT = "auto"
 _CPU_FLAGS = "/".join(flag.upper().replace("_", "-") for flag in FAST_BF16_CPU_FLAGS)  # AMX-BF16/AVX512-BF16

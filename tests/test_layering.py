@@ -117,3 +117,19 @@ def test_a_distributed_run_exits_without_the_interpreter_shutdown(tmp_path, mode
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert proc.stdout == "the command's last words"
     assert (tmp_path / "finalized").exists() == (mode == "single")
+
+
+def test_help_of_the_inference_commands_does_not_import_torch():
+    """`llara index/search/evaluate/mine --help` answer without torch; the --dtype values they restate stay the
+    shipped model file's."""
+    code = ("import sys\nfrom llara.cli import main\n"
+            "for verb in ('index', 'search', 'evaluate', 'mine'):\n"
+            "    try:\n        main([verb, '--help'])\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+    import llara.options as options
+    import modeling_llara.modeling_llara as shipped
+
+    for name in ("DTYPE_CHOICES", "DTYPE_ENV", "FAST_BF16_CPU_FLAGS"):
+        assert getattr(options, name) == getattr(shipped, name), name
