@@ -87,3 +87,18 @@ def test_cli_writes_training_jsonl(tmp_path):
     assert all(1 <= len(e.neg) <= 3 and e.pos[0] not in e.neg for e in examples)
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--model", "bm25", "--out", str(out)])  # exists, no --overwrite
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_bm25_under_a_launcher_mines_on_rank_zero_only(tmp_path, monkeypatch, rank):
+    from llara.scripts.mine import main
+
+    corpus = _corpus(30)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"query": f"{t} help", "pos": [corpus[i]]}) for i, t in enumerate(TOPICS)) + "\n")
+    out = tmp_path / "mined.jsonl"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["--data", str(data), "--model", "bm25", "--out", str(out), "--range-start", "0", "--range-end", "10",
+                 "--quiet"]) == 0
+    assert out.is_file() == (rank == "0")  # rank 1 leaves the output to rank 0 (no race on the same file)

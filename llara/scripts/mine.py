@@ -70,8 +70,13 @@ def _read_corpus(path: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    import os
     from pathlib import Path
 
+    if args.model.lower() == "bm25" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")):
+        # BM25 has nothing to share across processes: rank 0 mines and writes, the others stop here
+        print(f"llara mine: BM25 runs on rank 0 only (this is rank {os.environ['RANK']})")
+        return 0
     if Path(args.out).exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it")
 
