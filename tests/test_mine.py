@@ -100,5 +100,5 @@ def test_bm25_under_a_launcher_mines_on_rank_zero_only(tmp_path, monkeypatch, ra
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
     assert main(["--data", str(data), "--model", "bm25", "--out", str(out), "--range-start", "0", "--range-end", "10",
-                 "--quiet"]) == 0
+                 "--num-negatives", "3", "--quiet"]) == 0
     assert out.is_file() == (rank == "0")  # rank 1 leaves the output to rank 0 (no race on the same file)
