@@ -589,8 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         evaluate_all(cfg, str(out), v.key, seed, v.splits)
         if train_s > 1:  # not a cached model
+            from trainers.run_records import cpu_bf16_flags, cpu_model
+
+            # where it ran: bf16 kernels (and so results) differ between CPUs with and without AMX
             timings[label] = {"stage": v.stage, "steps": steps, "train_s": round(train_s, 1),
-                              "eval_s": round(time.perf_counter() - t, 1)}
+                              "eval_s": round(time.perf_counter() - t, 1), "cpu": cpu_model(),
+                              "bf16_cpu_flags": cpu_bf16_flags()}
             atomic_write_json(timings_path, timings)
         if not (v.keep_model or args.keep_models):
             shutil.rmtree(out, ignore_errors=True)
