@@ -284,8 +284,12 @@ def selected_candidate(args) -> dict | None:
     path = Path(args.out) / args.budget_label / "selection.json"
     if not path.is_file():
         return None
-    chosen = json.loads(path.read_text())["selected"]
-    return chosen
+    selection = json.loads(path.read_text())
+    # made from other candidates (other lrs, search or LM-free recipes): not this run's selection
+    asked = (args.select_search, [float(x) for x in args.select_lrs], sorted(r for r in args.select_recipes if r in LM_FREE))
+    made = (selection.get("search"), [float(x) for x in selection.get("learning_rates", [])],
+            sorted(r for r in selection.get("recipes", []) if r in LM_FREE))
+    return selection["selected"] if made == asked else None
 
 
 def _validation_mean(val_runs: dict, key: str, seed: int) -> float | None:

@@ -428,6 +428,11 @@ def test_select_trains_candidates_at_one_seed_then_carries_the_best_lm_free_one(
     assert selection["selected"]["key"] == "sel-ebae-lr5e-05" and selection["best_overall"] == "sel-reference-lr5e-05"
     assert selection["split"] == "validation" and set(selection["candidates"]) == set(CANDIDATE_SCORES)
     assert (work / "models" / "seed0" / "b-best" / "config.json").is_file()
+    assert pc.selected_candidate(pc.resolve(pc.make_parser().parse_args(
+        ["--quick", "--select", "--out", str(tmp_path / "out")])))["key"] == "sel-ebae-lr5e-05"
+    # a selection made from other candidates is not this run's
+    assert pc.selected_candidate(pc.resolve(pc.make_parser().parse_args(
+        ["--quick", "--select", "--select-recipes", "paper", "ebar", "--out", str(tmp_path / "out")]))) is None
     # candidates are scored on validation only; the references and the fine-tuned models on both
     assert [x for x in labels if x.startswith("sel-ebae")] == ["sel-ebae-lr5e-05-s0-val-debian", "sel-ebae-lr5e-05-s0-val-pydocs"]
     for key in ("bm25", "a"):
