@@ -143,7 +143,7 @@ def batch_for(tokenizer, model, args):
     return collator, batch, two
 
 
-def step(variant: str, model, collator, batch, two, args):
+def step(variant: str, model, collator, batch, two, args, optimizer=None):
     import torch
 
     from trainers.pretraining import EbaeEbarLoss
@@ -158,6 +158,9 @@ def step(variant: str, model, collator, batch, two, args):
             torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
         loss = _loss(variant, model, collator, b, two, args, loss_fn, dev)
     loss.backward()
+    if optimizer is not None:  # a whole training step, as the Trainer runs it (clipping at its default 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
     model.zero_grad(set_to_none=True)
     return float(loss.detach())
 
@@ -260,18 +263,7 @@ def train_step_probe(name: str, allocator: str, args) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the Trainer's default: adamw_torch_fused
 
     def train_step():
-        from trainers.cpu_attention import cpu_bf16_training_attention
-        from trainers.pretraining import EbaeEbarLoss
-
-        b = {k: v.to(args.device) for k, v in batch.items()}
-        loss_fn = EbaeEbarLoss(args.loss_mode, ignore_ids=collator.ignore_ids)
-        with cpu_bf16_training_attention(model), \
-                torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
-            loss = _loss("one_pass", model, collator, b, two, args, loss_fn, None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
+        step("one_pass", model, collator, batch, two, args, optimizer)
 
     train_step()  # warm-up: the AdamW states exist from here on
     times, sys_s, faults = [], [], []
@@ -291,26 +283,37 @@ def train_step_probe(name: str, allocator: str, args) -> dict:
             "vocab_size": model.config.get_text_config().vocab_size}
 
 
+def _probe(flag: str, name: str, what: str, args, env: dict | None = None) -> dict | None:
+    """Run this script with the internal ``flag`` (--_memory / --_train_step) for ``name:what`` in a fresh process
+    with ``args``' shape settings; its last JSON line, or None when it failed (stderr is printed)."""
+    cmd = [sys.executable, __file__, flag, f"{name}:{what}", "--models", name, "--batch", str(args.batch),
+           "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device,
+           "--steps", str(args.steps)]
+    cmd += ["--model", args.model] * bool(args.model) + ["--random-init"] * args.random_init + ["--bf16"] * args.bf16
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        print(f"{name} / {what} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
 def run_train_steps(args) -> list[dict]:
     """--train-step: each model under each allocator setting, one process each; ratios side by side."""
     import torch
 
-    env = {k: v for k, v in os.environ.items() if k not in _MALLOC_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k not in _MALLOC_ENV}  # glibc's defaults unless asked otherwise
     rows = []
     for name in args.models.split(","):
         row = {"model": name.split("=")[0], "batch": args.batch,
                "text_tokens": args.text_tokens, "loss_mode": args.loss_mode, "bf16": args.bf16, "device": args.device,
                "threads": torch.get_num_threads(), "steps": args.steps}
         for allocator in ALLOCATORS:
-            cmd = [sys.executable, __file__, "--_train_step", f"{name}:{allocator}", "--batch", str(args.batch),
-                   "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device,
-                   "--steps", str(args.steps)] + ["--model", args.model] * bool(args.model) + ["--bf16"] * args.bf16
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            if proc.returncode or not lines:
-                raise RuntimeError(f"{name} / {allocator} failed:\n{proc.stderr[-2000:]}")
-            row[allocator] = json.loads(lines[-1])
+            row[allocator] = _probe("--_train_step", name, allocator, args, env)
+            if row[allocator] is None:
+                raise RuntimeError(f"--train-step: {name} under {allocator} failed (its error is above)")
         default, kept = row["glibc_default"], row["keep_freed_memory"]
         row["kept_over_default_time"] = kept["step_s"] / default["step_s"]
         row["kept_over_default_peak"] = kept["peak_rss_mib"] / default["peak_rss_mib"]
@@ -370,14 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in VARIANTS:
             row[f"{v}_s"] = statistics.median(times[v])
             row[f"{v}_steps_s"] = [round(t, 4) for t in times[v]]
-            cmd = [sys.executable, __file__, "--_memory", f"{name}:{v}", "--models", name, "--batch", str(args.batch),
-                   "--text-tokens", str(args.text_tokens), "--loss-mode", args.loss_mode, "--device", args.device]
-            if args.model:
-                cmd += ["--model", args.model]
-            cmd += ["--random-init"] * args.random_init + ["--bf16"] * args.bf16
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-            row[f"{v}_peak_mib"] = json.loads(lines[-1])["peak_mib"] if lines else None
+            probe = _probe("--_memory", name, v, args)
+            row[f"{v}_peak_mib"] = probe["peak_mib"] if probe else None
         row["one_vs_two_time"] = row["one_pass_s"] / row["two_pass_s"]
         row["one_vs_two_fused_time"] = row["one_pass_s"] / row["two_pass_fused_s"]
         row["one_pass_vs_full_logits_peak"] = row["one_pass_peak_mib"] / row["full_logits_peak_mib"] if row["full_logits_peak_mib"] else None

@@ -27,8 +27,8 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
              (--select-search): ``staged`` (default) compares the LM-free recipes at the first of --select-lrs,
              then tries the best of them at the other lrs, and trains the recipes with the LM term at the first lr
              for reference; ``grid`` trains every recipe at every lr. The LM-free candidate with the best
-             validation nDCG@10 (mean of both domains) is written to selection.json. Group ``best`` then trains it for every seed, (b-best), and fine-tunes it like (c)
-             and (d): (d-best). Every fine-tuned model trained from here on, and the references, are also scored
+             validation nDCG@10 (mean of both domains) is written to selection.json. Group ``best`` then
+             trains it for every seed, (b-best), and fine-tunes it like (c) and (d): (d-best). Every fine-tuned model trained from here on, and the references, are also scored
              on validation; the report says whether (d-best) beats (d) there in both domains (the default-recipe
              decision), and the test collections score each final model once.
 
@@ -279,17 +279,23 @@ def candidate_key(recipe: str, lr: float) -> str:
     return f"sel-{recipe}-lr{lr_tag(lr)}"
 
 
-def selected_candidate(args) -> dict | None:
-    """The selection written by the ``select`` group (``<work>/selection.json``), None before it is complete."""
+def load_selection(args) -> dict | None:
+    """The selection written by the ``select`` group (``<work>/selection.json``); None before it is complete, or
+    when it was made from other candidates (other lrs, search or LM-free recipes) than this run's."""
     path = Path(args.out) / args.budget_label / "selection.json"
     if not path.is_file():
         return None
     selection = json.loads(path.read_text())
-    # made from other candidates (other lrs, search or LM-free recipes): not this run's selection
     asked = (args.select_search, [float(x) for x in args.select_lrs], sorted(r for r in args.select_recipes if r in LM_FREE))
     made = (selection.get("search"), [float(x) for x in selection.get("learning_rates", [])],
             sorted(r for r in selection.get("recipes", []) if r in LM_FREE))
-    return selection["selected"] if made == asked else None
+    return selection if made == asked else None
+
+
+def selected_candidate(args) -> dict | None:
+    """The chosen candidate of :func:`load_selection` (its key, recipe, lr and scores), or None."""
+    selection = load_selection(args)
+    return selection["selected"] if selection else None
 
 
 def _validation_mean(val_runs: dict, key: str, seed: int) -> float | None:
@@ -308,9 +314,6 @@ def selection_plan(args, val_runs: dict, seed: int) -> tuple[list[tuple[str, flo
     if args.select_search == "grid":
         return [(recipe, lr) for recipe in args.select_recipes for lr in args.select_lrs], True
     lm_free = [r for r in args.select_recipes if r in LM_FREE]
-    if not lm_free:
-        raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
-                         f"(one of {', '.join(LM_FREE)})")
     first = [(recipe, anchor) for recipe in lm_free]
     rest = [(recipe, anchor) for recipe in args.select_recipes if recipe not in LM_FREE]
     means = {recipe: _validation_mean(val_runs, candidate_key(recipe, anchor), seed) for recipe in lm_free}
@@ -323,19 +326,18 @@ def selection_plan(args, val_runs: dict, seed: int) -> tuple[list[tuple[str, flo
 def make_selection(args, val_runs: dict, seed: int) -> dict | None:
     """Pick the LM-free stage-1 candidate with the best mean validation nDCG@10; None while any is missing."""
     plan, final = selection_plan(args, val_runs, seed)
+    if not final:
+        return None
     candidates = {}
     for recipe, lr in plan:
         key = candidate_key(recipe, lr)
         mean = _validation_mean(val_runs, key, seed)
-        if mean is None or not final:
+        if mean is None:
             return None
         ndcg = {d: val_runs[d][f"{key}|{seed}"]["metrics"]["ndcg@10"] for d in DOMAINS}
         candidates[key] = {"recipe": recipe, "learning_rate": lr, "overrides": SELECT_RECIPES[recipe],
                            "validation_ndcg@10": ndcg, "mean": mean}
     lm_free = {k: c for k, c in candidates.items() if c["recipe"] in LM_FREE}
-    if not lm_free:
-        raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
-                         f"(one of {', '.join(LM_FREE)})")
     best = max(lm_free, key=lambda k: lm_free[k]["mean"])
     overall = max(candidates, key=lambda k: candidates[k]["mean"])
     from trainers.run_records import environment
@@ -433,6 +435,9 @@ def resolve(args) -> argparse.Namespace:
         raise SystemExit("--pretrain-steps and --finetune-steps must be >= 1")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds has duplicates: {args.seeds}")
+    if args.select and not any(r in LM_FREE for r in args.select_recipes):
+        raise SystemExit(f"--select-recipes {' '.join(args.select_recipes)}: no LM-free recipe to select from "
+                         f"(one of {', '.join(LM_FREE)})")
     args.train_pairs, args.pretrain_docs = 1200, 1200
     if args.quick:
         for k, v in QUICK.items():
@@ -500,9 +505,6 @@ def main(argv: list[str] | None = None) -> int:
     variants = build_variants(args)
     by_key = {v.key: v for v in variants}
     select_seed = args.seeds[0]
-
-    def selection_key() -> str:
-        return selected_candidate(args)["key"]
 
     if args.groups:
         empty = [g for g in args.groups if not any(v.group == g for v in variants)
@@ -572,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{label}: cached")
             evaluate_all(cfg, str(out), v.key, seed, v.splits)
             return
-        if v.key == "b-best" and seed == select_seed and p._done(model_path(selection_key(), seed)):
+        chosen = selected_candidate(args)["key"] if v.key == "b-best" and seed == select_seed else None
+        if chosen and p._done(model_path(chosen, seed)):
             # the same training as the chosen candidate (same recipe, lr, seed and data): its model, copied
-            say(f"{label}: the model of {selection_key()} (same recipe, learning rate and seed)")
-            shutil.copytree(model_path(selection_key(), seed), out)
+            say(f"{label}: the model of {chosen} (same recipe, learning rate and seed)")
+            shutil.copytree(model_path(chosen, seed), out)
             evaluate_all(cfg, str(out), v.key, seed, v.splits)
             return
         base = model_path(v.base, seed)
@@ -816,8 +819,7 @@ def validation_summary(args, variants: list[Variant], val_runs: dict, reference_
     does (d-best) beat (d) on validation in both domains (means over the seeds both have)?"""
     titles = {v.key: v.title for v in variants}
     md = ["### Choices on validation (the test collections took no part)", ""]
-    path = Path(args.out) / args.budget_label / "selection.json"
-    selection = json.loads(path.read_text()) if path.is_file() else None
+    selection = load_selection(args)
     if selection:
         md += [f"Stage-1 candidates at seed {selection['seed']}, {selection['stage1_steps']} steps; criterion: "
                f"{selection['criterion']}.", "",

@@ -218,9 +218,9 @@ def make_validation(
     Raises:
         ValueError: fewer unused pairs than ``n_corpus``, or bad sizes.
     """
-    used_texts = {normalize_text(t) for t in splits.test.corpus.values()} | {normalize_text(t) for t in splits.test.queries.values()}
-    used_texts |= {normalize_text(r["text"]) for r in splits.pretrain_docs}
-    used_texts |= {normalize_text(r[k]) for r in splits.train_pairs for k in ("query", "document")}
+    used = [*splits.test.corpus.values(), *splits.test.queries.values(), *(r["text"] for r in splits.pretrain_docs),
+            *(r[k] for r in splits.train_pairs for k in ("query", "document"))]
+    used_texts = {normalize_text(t) for t in used}
     unused = set(splits.unused_ids)
     rest = [r for r in pairs if r["id"] in unused
             and normalize_text(r["query"]) not in used_texts and normalize_text(r["document"]) not in used_texts]

@@ -64,6 +64,11 @@ def peak_rss_bytes() -> int | None:
     return _status_bytes("VmHWM")
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux ``VmRSS``; None elsewhere)."""
+    return _status_bytes("VmRSS")
+
+
 def reset_peak_rss() -> bool:
     """Start a new peak-memory window: the kernel's peak mark drops to the current resident memory (Linux
     ``/proc/self/clear_refs`` = 5). False where that is not possible: the peak then keeps counting from start."""

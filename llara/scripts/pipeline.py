@@ -50,22 +50,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from llara import pipeline as p
     from trainers.io import atomic_write_json, atomic_write_text
-
     from trainers.run_records import peak_rss_bytes, reset_peak_rss
 
     started = time.perf_counter()
     stage_peaks: dict[str, int | None] = {}  # step -> peak resident bytes during it (a skipped step: what reading took)
-    current: list[str] = []
+    current: str | None = None  # the step whose peak window is open
 
     def close_step() -> None:
-        if current:
-            stage_peaks[current.pop()] = peak_rss_bytes()
+        nonlocal current
+        if current is not None:
+            stage_peaks[current], current = peak_rss_bytes(), None
 
     def step(index: int, text: str) -> None:
+        nonlocal current
         close_step()
         print(f"\n[{index}/{STEPS}] {text}  ({time.perf_counter() - started:.0f} s)", flush=True)
         if reset_peak_rss():
-            current.append(f"{index}: {text.split(':')[0]}")
+            current = f"{index}: {text.split(':')[0]}"
 
     p.save_config(cfg)
     step(1, "data: disjoint pretraining text, training pairs and a held-out test collection (Debian descriptions)")
