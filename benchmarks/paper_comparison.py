@@ -417,6 +417,11 @@ def make_parser() -> argparse.ArgumentParser:
                              "enable); results already present for the other variants are still read into the "
                              "report. E.g. --groups paper-grid runs the `paper` learning-rate grid of a seed "
                              "before its ablations")
+    parser.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                        help="train only these variants (keys as in the report: b, c, d, d-lm, b-best, d-best, ...) "
+                             "within the groups that run; a base they start from is still trained when its model "
+                             "is missing, and results already present for every other variant are still read. "
+                             "E.g. --groups main --only b d retrains (d) and its stage 1 alone")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the report and budgets.md from the results already in the folder "
                              "(a run still in progress, or one that was cut); comparisons with a variant that has "
@@ -506,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     by_key = {v.key: v for v in variants}
     select_seed = args.seeds[0]
 
+    if args.only:
+        later = {"b-best", "d-best"} if args.select else set()  # they exist once the selection is complete
+        unknown = sorted(set(args.only) - set(by_key) - later)
+        if unknown:
+            raise SystemExit(f"--only {' '.join(unknown)}: no such variant with these options; the variants are "
+                             f"{', '.join(sorted(set(by_key) | later))}")
     if args.groups:
         empty = [g for g in args.groups if not any(v.group == g for v in variants)
                  and not (g == "best" and args.select)]  # best: checked once the selection ran
@@ -608,8 +619,11 @@ def main(argv: list[str] | None = None) -> int:
 
     trained = [v for v in variants if v.stage != "reference"]
     train_groups = () if args.report_only else tuple(g for g in GROUPS if args.groups is None or g in args.groups)
+    def trains(v: Variant) -> bool:
+        return v.group in train_groups and (not args.only or v.key in args.only)
+
     for v in trained:
-        if v.group in train_groups:
+        if trains(v):
             continue
         for seed in args.seeds:
             if results_exist(seed_cfgs[seed], v.key, seed):  # cached: read only
@@ -624,13 +638,13 @@ def main(argv: list[str] | None = None) -> int:
             ran: set[str] = set()
             for _ in range(2):
                 for recipe, lr in selection_plan(args, val_runs, select_seed)[0]:
-                    if candidate_key(recipe, lr) not in ran:
+                    if candidate_key(recipe, lr) not in ran and trains(by_key[candidate_key(recipe, lr)]):
                         ran.add(candidate_key(recipe, lr))
                         run_variant(by_key[candidate_key(recipe, lr)], select_seed)
         else:
             for seed in args.seeds:
                 # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
-                for v in sorted((v for v in trained if v.group == group), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
+                for v in sorted((v for v in trained if v.group == group and trains(v)), key=lambda v: RUN_FIRST.get(v.key, len(RUN_FIRST))):
                     run_variant(v, seed)
         if group == "select":
             selection = make_selection(args, val_runs, select_seed)

@@ -369,6 +369,20 @@ def test_groups_trains_only_the_named_groups_and_still_reports_the_others(tmp_pa
                                                    "b-paper-lr5e-05"}
 
 
+def test_only_trains_the_named_variants_and_the_bases_they_need(tmp_path, monkeypatch):
+    # (c) and the LM-only controls are left alone; (d) alone still trains its missing stage 1 first
+    trained = _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--groups", "main", "--only", "b", "d"])
+    assert trained == [("pretrain", "b"), ("finetune", "d")]
+    (tmp_path / "2").mkdir()
+    trained = _fake_pipeline_run(tmp_path / "2", monkeypatch, {}, ["--no-ablations", "--only", "d-lm"])
+    assert trained == [("pretrain", "b-lm"), ("finetune", "d-lm")]
+
+
+def test_only_refuses_an_unknown_variant(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="--only d-best: no such variant"):
+        _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--only", "d", "d-best"])
+
+
 def test_groups_of_a_disabled_group_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--groups ablation: no variant of that group"):
         _fake_pipeline_run(tmp_path, monkeypatch, {}, ["--no-ablations", "--groups", "ablation"])
