@@ -125,6 +125,8 @@ def seed_level_tests(x_by_seed, y_by_seed, boots: int = 10000, seed: int = 0) ->
       Its p-value cannot go below 2 / 2^n (n seeds): 0.25 with 3 seeds, 0.0625 with 5.
     * ``bootstrap``: two-level bootstrap, seeds resampled with replacement, then queries; the mean difference of each
       resample gives a 95% interval and a two-sided p-value ``2 * min(P(diff <= 0), P(diff >= 0))``, floor ``2 / (boots + 1)``.
+      With one seed there is no run-to-run variation to resample: its p-value and interval are None (resampling the
+      queries alone would be the query-level test under another name).
     """
     import itertools
 
@@ -139,6 +141,11 @@ def seed_level_tests(x_by_seed, y_by_seed, boots: int = 10000, seed: int = 0) ->
     patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=n_seeds)))  # (2^n, seeds)
     null = np.abs((patterns * per_seed).mean(axis=1))
     sign_p = float((null >= observed - 1e-12).mean())
+    if n_seeds < 2:
+        return {"mean_diff": float(per_seed.mean()),
+                "sign_flip_seeds": {"p_value": sign_p, "p_floor": 2.0 / 2**n_seeds, "seeds": n_seeds},
+                "bootstrap": {"p_value": None, "p_floor": 2.0 / (boots + 1), "boots": 0, "ci95": None,
+                              "note": "one seed: no run-to-run variation to resample"}}
     rng = np.random.default_rng(seed)
     seed_rows = rng.integers(0, n_seeds, size=(boots, n_seeds))  # (boots, seeds)
     means = np.empty(boots)
@@ -769,7 +776,8 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
     for key, p_of in (("p_holm", lambda t: t["p_value"]),
                       ("p_holm_seeds", lambda t: t["seed_level"]["sign_flip_seeds"]["p_value"]),
                       ("p_holm_bootstrap", lambda t: t["seed_level"]["bootstrap"]["p_value"])):
-        for t, adj in zip(family, holm([p_of(t) for t in family])):
+        tested = [t for t in family if p_of(t) is not None]  # a one-seed bootstrap has no p-value
+        for t, adj in zip(tested, holm([p_of(t) for t in tested])):
             t[key] = adj
     for domain in DOMAINS:
         if domain not in tests:
@@ -788,7 +796,9 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
                "| wins / losses | per-seed diff | seeds |",
                "|---|---|---|---|---|---|---|---|---|"]
 
-        def with_holm(p: float, t: dict, key: str) -> str:
+        def with_holm(p: float | None, t: dict, key: str) -> str:
+            if p is None:
+                return "n/a (one seed)"
             return f"{p:.4f}" + (f" ({t[key]:.4f})" if key in t else "")
 
         for t in primary + secondary:

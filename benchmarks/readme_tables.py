@@ -123,8 +123,11 @@ def comparison_answer_table(path: Path) -> str:
             (test,) = [t for t in report["tests"][domain]["primary"] if (t["x"], t["y"]) == (x, y)]
             check = test["seed_check"]
             seed_level = test.get("seed_level")  # reports written before the seed-level tests have none
-            boot = (f"; seeds as the unit (bootstrap) p {seed_level['bootstrap']['p_value']:.4f}, Holm "
-                    f"{test['p_holm_bootstrap']:.4f}") if seed_level else ""
+            if seed_level and seed_level["bootstrap"]["p_value"] is not None:  # None: one seed
+                boot = (f"; seeds as the unit (bootstrap) p {seed_level['bootstrap']['p_value']:.4f}, Holm "
+                        f"{test['p_holm_bootstrap']:.4f}")
+            else:
+                boot = ""
             cells.append(
                 f"{test['mean_diff']:+.4f}; queries p {test['p_value']:.4f}, Holm {test['p_holm']:.4f}{boot}; "
                 f"{test['wins']} queries better / {test['losses']} worse; "

@@ -175,6 +175,9 @@ def test_summary_of_an_unfinished_run_lists_the_missing_primary_comparisons():
     family = [t for domain in pc.DOMAINS for t in report["tests"][domain]["primary"]]
     assert [t["p_holm"] for t in family] == pc.holm([t["p_value"] for t in family])
     assert [t["p_holm_seeds"] for t in family] == pc.holm([t["seed_level"]["sign_flip_seeds"]["p_value"] for t in family])
+    # one seed: the seed-level bootstrap has no p-value, so it takes no part in its Holm family and reads n/a
+    assert all(t["seed_level"]["bootstrap"]["p_value"] is None and "p_holm_bootstrap" not in t for t in family)
+    assert "| n/a (one seed) |" in report["markdown"]
     assert "Not available yet (a variant has no results): b vs b-lm, d vs d-lm" in report["markdown"]
     assert "p queries (Holm, 4 primary, both domains)" in report["markdown"]
     full = _fake_summary("--no-ablations")
@@ -409,6 +412,17 @@ def test_seed_level_tests_floor_and_direction():
     assert lucky["sign_flip_seeds"]["p_value"] > 0.05 and lucky["bootstrap"]["p_value"] > 0.05
     query_level = pc.paired_permutation_test(one_seed.mean(0), y.mean(0), permutations=2000)
     assert query_level["p_value"] < 0.01  # ... which the query-level test on seed-averaged scores does
+
+
+def test_seed_level_bootstrap_of_one_seed_has_no_p_value():
+    import numpy as np
+
+    y = np.random.default_rng(1).uniform(0, 1, size=(1, 60))
+    # Given one training run with a large query-level gain
+    one = pc.seed_level_tests(y + 0.2, y, boots=500)
+    # Then the seed-level bootstrap reports nothing (it would only resample the queries) and the sign flip sits at 1
+    assert one["bootstrap"]["p_value"] is None and one["bootstrap"]["ci95"] is None
+    assert one["sign_flip_seeds"]["p_value"] == 1.0 == one["sign_flip_seeds"]["p_floor"]
 
 
 # validation scores of the selection candidates (mean of the two domains decides among the LM-free ones)
