@@ -28,9 +28,10 @@ rate as its counterpart (the ``paper`` learning-rate grid is the one exception, 
              then tries the best of them at the other lrs, and trains the recipes with the LM term at the first lr
              for reference; ``grid`` trains every recipe at every lr. The LM-free candidate with the best
              validation nDCG@10 (mean of both domains) is written to selection.json. Group ``best`` then
-             trains it for every seed, (b-best), and fine-tunes it like (c) and (d): (d-best). Every fine-tuned model trained from here on, and the references, are also scored
-             on validation; the report says whether (d-best) beats (d) there in both domains (the default-recipe
-             decision), and the test collections score each final model once.
+             trains it for every seed, (b-best), and fine-tunes it like (c) and (d): (d-best). Every fine-tuned
+             model trained from here on, and the references, are also scored on validation; the report says
+             whether (d-best) beats (d) there in both domains (the default-recipe decision), and the test
+             collections score each final model once.
 
 --groups trains only some groups of variants (main, ablation, paper-grid, preprocessing, paper-ft, select, best),
              e.g. a seed's paper grid before its ablations; the report still reads every result already present.
@@ -142,23 +143,23 @@ def seed_level_tests(x_by_seed, y_by_seed, boots: int = 10000, seed: int = 0) ->
     null = np.abs((patterns * per_seed).mean(axis=1))
     sign_p = float((null >= observed - 1e-12).mean())
     if n_seeds < 2:
-        return {"mean_diff": float(per_seed.mean()),
-                "sign_flip_seeds": {"p_value": sign_p, "p_floor": 2.0 / 2**n_seeds, "seeds": n_seeds},
-                "bootstrap": {"p_value": None, "p_floor": 2.0 / (boots + 1), "boots": 0, "ci95": None,
-                              "note": "one seed: no run-to-run variation to resample"}}
-    rng = np.random.default_rng(seed)
-    seed_rows = rng.integers(0, n_seeds, size=(boots, n_seeds))  # (boots, seeds)
-    means = np.empty(boots)
-    for b in range(boots):
-        queries = rng.integers(0, n_queries, size=n_queries)
-        means[b] = diff[np.ix_(seed_rows[b], queries)].mean()
-    below, above = (1 + int((means <= 0).sum())) / (boots + 1), (1 + int((means >= 0).sum())) / (boots + 1)
-    low, high = np.percentile(means, [2.5, 97.5])
+        bootstrap = {"p_value": None, "p_floor": 2.0 / (boots + 1), "boots": 0, "ci95": None,
+                     "note": "one seed: no run-to-run variation to resample"}
+    else:
+        rng = np.random.default_rng(seed)
+        seed_rows = rng.integers(0, n_seeds, size=(boots, n_seeds))  # (boots, seeds)
+        means = np.empty(boots)
+        for b in range(boots):
+            queries = rng.integers(0, n_queries, size=n_queries)
+            means[b] = diff[np.ix_(seed_rows[b], queries)].mean()
+        below, above = (1 + int((means <= 0).sum())) / (boots + 1), (1 + int((means >= 0).sum())) / (boots + 1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        bootstrap = {"p_value": min(1.0, 2 * min(below, above)), "p_floor": 2.0 / (boots + 1), "boots": boots,
+                     "ci95": [float(low), float(high)]}
     return {
         "mean_diff": float(per_seed.mean()),
         "sign_flip_seeds": {"p_value": sign_p, "p_floor": 2.0 / 2**n_seeds, "seeds": n_seeds},
-        "bootstrap": {"p_value": min(1.0, 2 * min(below, above)), "p_floor": 2.0 / (boots + 1), "boots": boots,
-                      "ci95": [float(low), float(high)]},
+        "bootstrap": bootstrap,
     }
 
 
@@ -626,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trained = [v for v in variants if v.stage != "reference"]
     train_groups = () if args.report_only else tuple(g for g in GROUPS if args.groups is None or g in args.groups)
+
     def trains(v: Variant) -> bool:
         return v.group in train_groups and (not args.only or v.key in args.only)
 
@@ -645,9 +647,10 @@ def main(argv: list[str] | None = None) -> int:
             ran: set[str] = set()
             for _ in range(2):
                 for recipe, lr in selection_plan(args, val_runs, select_seed)[0]:
-                    if candidate_key(recipe, lr) not in ran and trains(by_key[candidate_key(recipe, lr)]):
-                        ran.add(candidate_key(recipe, lr))
-                        run_variant(by_key[candidate_key(recipe, lr)], select_seed)
+                    candidate = by_key[candidate_key(recipe, lr)]
+                    if candidate.key not in ran and trains(candidate):
+                        ran.add(candidate.key)
+                        run_variant(candidate, select_seed)
         else:
             for seed in args.seeds:
                 # (b), (c), (d) first: (d) - (c) is the headline, so a cut run has it before the LM-only controls
