@@ -188,6 +188,7 @@ _WORKER = textwrap.dedent(
             save_file(grads, f"{sys.argv[2]}/grads-{chunk}.safetensors")
             with open(f"{sys.argv[2]}/loss-{chunk}.json", "w") as f:
                 json.dump({"loss": total.item() / dist.get_world_size()}, f)
+    dist.barrier()  # both ranks leave together: tearing gloo down while the peer still writes can abort the process
     dist.destroy_process_group()
     """
 )
