@@ -44,8 +44,10 @@ ANSWER_ROWS = (
     ("c", "(c) fine-tuning only"),
     ("d-lm", "(d-lm) LM-only stage 1 + fine-tuning"),
     ("d", "(d) LLaRA stage 1 + fine-tuning"),
+    ("d-best", "(d-best) stage 1 chosen on validation + fine-tuning"),
 )
-ANSWER_TESTS = (("d", "c"), ("d", "d-lm"))
+# Rows and tests a report does not hold are left out (reports written before --select have no (d-best)).
+ANSWER_TESTS = (("d", "c"), ("d", "d-lm"), ("d-best", "d"))
 DOMAINS = (("debian", "held-out Debian"), ("pydocs", "Python docstrings (zero-shot)"))
 
 
@@ -93,14 +95,18 @@ def main_job_table(path: Path = RESULTS / "pipeline_main_job.json") -> str:
 
 def comparison_answer_table(path: Path) -> str:
     """The comparison's answer from a ``paper_comparison.json``: nDCG@10 of the fine-tuned variants and the two
-    references on both domains (mean ± std over seeds), then (d) against (c) and (d-lm) with their query-level
-    p-values (paired sign-flip test on seed-averaged per-query nDCG@10; Holm over the report's primary comparisons).
+    references on both domains (mean ± std over seeds; a variant with fewer seeds than the report says how many),
+    then (d) against (c) and (d-lm), and (d-best) against (d), with their query-level p-values (paired sign-flip
+    test on seed-averaged per-query nDCG@10) and seed-level ones, Holm over the report's primary comparisons.
+    Variants and tests the report does not hold are left out; the CPU kind is named when ``timings.json`` next to
+    the report gives one.
     """
     report = json.loads(path.read_text(encoding="utf-8"))
     settings, summary = report["settings"], report["summary"]
     seeds = ", ".join(str(seed) for seed in settings["seeds"])
     lines = [
-        f"nDCG@10, mean ± std over seeds {seeds}, at {settings['budget_scale']:g}x the main job's budget "
+        f"nDCG@10, mean ± std over seeds {seeds}{_trained_on(path.parent / 'timings.json')}, at "
+        f"{settings['budget_scale']:g}x the main job's budget "
         f"({settings['pretrain_steps_run']} stage-1 steps, {settings['finetune_steps_run']} fine-tuning steps); "
         f"Debian {settings['test_queries']} queries / {settings['test_corpus']} documents, docstrings "
         f"{settings['pydocs_queries']} / {settings['pydocs_corpus']}; p over queries: paired sign-flip test "
@@ -111,16 +117,23 @@ def comparison_answer_table(path: Path) -> str:
         "|---" * (len(DOMAINS) + 1) + "|",
     ]
     for key, name in ANSWER_ROWS:
+        if not all(key in summary[domain] for domain, _ in DOMAINS):
+            continue
         cells = []
         for domain, _ in DOMAINS:
             row = summary[domain][key]
-            std = row["ndcg@10_std"]
-            cells.append(f"{row['ndcg@10']:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+            std, runs = row["ndcg@10_std"], len(row.get("per_seed_ndcg@10") or {})
+            fewer = f" ({runs} seeds)" if 0 < runs < len(settings["seeds"]) else ""  # still running
+            cells.append(f"{row['ndcg@10']:.4f}" + (f" ± {std:.4f}" if std is not None else "") + fewer)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for x, y in ANSWER_TESTS:
+        found = {domain: [t for t in report["tests"][domain]["primary"] if (t["x"], t["y"]) == (x, y)]
+                 for domain, _ in DOMAINS}
+        if not all(found.values()):
+            continue
         cells = []
         for domain, _ in DOMAINS:
-            (test,) = [t for t in report["tests"][domain]["primary"] if (t["x"], t["y"]) == (x, y)]
+            (test,) = found[domain]
             check = test["seed_check"]
             seed_level = test.get("seed_level")  # reports written before the seed-level tests have none
             if seed_level and seed_level["bootstrap"]["p_value"] is not None:  # None: one seed
@@ -135,6 +148,24 @@ def comparison_answer_table(path: Path) -> str:
             )
         lines.append(f"| ({x}) minus ({y}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _trained_on(timings_path: Path) -> str:
+    """Where a comparison's models were trained, for its caption: ``, trained on <cpu> (<bf16 flags>)`` when every
+    timed run names the same CPU kind; empty when they differ or are not named (timings written before runs
+    recorded their CPU)."""
+    if not timings_path.is_file():
+        return ""
+    kinds = {(run.get("cpu"), tuple(run.get("bf16_cpu_flags") or ()))
+             for run in json.loads(timings_path.read_text(encoding="utf-8")).values() if isinstance(run, dict)}
+    if len(kinds) != 1 or None in next(iter(kinds)):
+        return ""
+    ((cpu, flags),) = kinds
+    return f", trained on {cpu} ({_bf16_flags(flags)})"
+
+
+def _bf16_flags(flags) -> str:
+    return "/".join(flag.upper().replace("_", "-") for flag in flags) or "no bf16"
 
 
 def comparison_table(path: Path) -> str:
@@ -169,7 +200,7 @@ def backbone_table(path: Path) -> str:
         cells = [f"{rows[key]['debian']['ndcg@10']:.4f} / {rows[key]['pydocs']['ndcg@10']:.4f}"
                  for key in ("llara-init", "llara-pretrained", "llara-finetuned")]
         env = backbone["environment"]
-        flags = "/".join(flag.upper().replace("_", "-") for flag in env.get("bf16_cpu_flags", [])) or "no bf16"
+        flags = _bf16_flags(env.get("bf16_cpu_flags", []))
         memory = backbone["peak_rss_bytes"]
         cost = f"{backbone['seconds'] / 60:.0f} min" + (f", {memory / 2**30:.1f} GiB" if memory else "")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {cost} ({env['cpu']}, {flags}) |")

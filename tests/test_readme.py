@@ -105,6 +105,39 @@ def test_comparison_answer_table_reads_means_and_primary_tests(tmp_path):
     assert f"| (d) minus (c) | {cell} | {cell} |" in lines
 
 
+def test_comparison_answer_table_names_the_cpu_kind_best_variant_and_seeds_still_missing(tmp_path):
+    tables = _tables_module()
+
+    def row(mean, std, seeds):
+        return {"ndcg@10": mean, "ndcg@10_std": std, "per_seed_ndcg@10": {str(s): mean for s in seeds}}
+
+    summary = {"bm25": row(0.8, None, []), "minilm": row(0.9, None, []), "c": row(0.85, 0.01, [0, 1]),
+               "d": row(0.87, 0.03, [0, 1, 2]), "d-best": row(0.86, 0.02, [0, 1, 2])}
+    primary = [{"x": "d-best", "y": "d", "mean_diff": -0.01, "p_value": 0.1, "p_holm": 0.4, "wins": 3, "losses": 7,
+                "seed_check": {"positive": 0, "seeds": 3}}]
+    report = {
+        "settings": {"seeds": [0, 1, 2], "budget_scale": 5.0, "pretrain_steps_run": 400, "finetune_steps_run": 375,
+                     "test_queries": 150, "test_corpus": 600, "pydocs_queries": 150, "pydocs_corpus": 600,
+                     "permutations": 1000},
+        "summary": {"debian": summary, "pydocs": summary},
+        "tests": {"debian": {"primary": primary}, "pydocs": {"primary": primary}},
+    }
+    path = tmp_path / "paper_comparison.json"
+    path.write_text(json.dumps(report))
+    timing = {"stage": "finetune", "cpu": "Some CPU", "bf16_cpu_flags": ["avx512_bf16"]}
+    (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": timing}))
+    lines = tables.comparison_answer_table(path).split("\n")
+    assert lines[0].startswith("nDCG@10, mean ± std over seeds 0, 1, 2, trained on Some CPU (AVX512-BF16), at 5x")
+    assert "| (c) fine-tuning only | 0.8500 ± 0.0100 (2 seeds) | 0.8500 ± 0.0100 (2 seeds) |" in lines
+    assert "| (d-best) stage 1 chosen on validation + fine-tuning | 0.8600 ± 0.0200 | 0.8600 ± 0.0200 |" in lines
+    assert any(line.startswith("| (d-best) minus (d) | -0.0100; queries p 0.1000, Holm 0.4000") for line in lines)
+    # a report without (d-lm) has neither its row nor its test; (d) minus (c) has no test here either
+    assert not any(line.startswith(("| (d-lm)", "| (d) minus")) for line in lines)
+    # runs on two CPU kinds: the caption names none
+    (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": {**timing, "bf16_cpu_flags": []}}))
+    assert "trained on" not in tables.comparison_answer_table(path).split("\n")[0]
+
+
 def test_backbone_table_rows_and_costs(tmp_path):
     tables = _tables_module()
 
