@@ -219,8 +219,9 @@ def _comparison_block(folder: str) -> tuple[Path, str, Callable[[], str]]:
 TARGETS: tuple[tuple[Path, str, Callable[[], str]], ...] = (
     (README, "main-job", main_job_table),
     (README, "comparison-answer",
-     partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x" / "paper_comparison.json")),
+     partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x-avx512bf16" / "paper_comparison.json")),
     (README, "backbones", partial(backbone_table, RESULTS / "backbones.json")),
+    _comparison_block("paper_comparison_budget5x-avx512bf16"),
     _comparison_block("paper_comparison_budget5x"),
     _comparison_block("paper_comparison_budget1x-rerun"),
     _comparison_block("paper_comparison_budget1x"),
