@@ -61,6 +61,20 @@ def test_comparison_tables_nest_under_the_readme_headings(tmp_path):
     ]
 
 
+def _write_answer_report(tmp_path, seeds, summary, primary, pydocs=(150, 600)):
+    """A minimal 5x ``paper_comparison.json`` with the same summary rows and primary tests in both domains."""
+    report = {
+        "settings": {"seeds": seeds, "budget_scale": 5.0, "pretrain_steps_run": 400, "finetune_steps_run": 375,
+                     "test_queries": 150, "test_corpus": 600, "pydocs_queries": pydocs[0], "pydocs_corpus": pydocs[1],
+                     "permutations": 1000},
+        "summary": {"debian": summary, "pydocs": summary},
+        "tests": {"debian": {"primary": primary}, "pydocs": {"primary": primary}},
+    }
+    path = tmp_path / "paper_comparison.json"
+    path.write_text(json.dumps(report))
+    return path, report
+
+
 def test_comparison_answer_table_reads_means_and_primary_tests(tmp_path):
     tables = _tables_module()
 
@@ -75,15 +89,7 @@ def test_comparison_answer_table_reads_means_and_primary_tests(tmp_path):
                "d": row(0.87, 0.03), "b": row(0.5, 0.1)}
     primary = [test("b", "a", 0.4, 0.0001, 0.0004, 90, 3, 2), test("d", "c", 0.02, 0.01, 0.03, 20, 5, 2),
                test("d", "d-lm", -0.01, 0.5, 0.5, 5, 9, 0)]
-    report = {
-        "settings": {"seeds": [0, 1], "budget_scale": 5.0, "pretrain_steps_run": 400, "finetune_steps_run": 375,
-                     "test_queries": 150, "test_corpus": 600, "pydocs_queries": 100, "pydocs_corpus": 500,
-                     "permutations": 1000},
-        "summary": {"debian": summary, "pydocs": summary},
-        "tests": {"debian": {"primary": primary}, "pydocs": {"primary": primary}},
-    }
-    path = tmp_path / "paper_comparison.json"
-    path.write_text(json.dumps(report))
+    path, report = _write_answer_report(tmp_path, [0, 1], summary, primary, pydocs=(100, 500))
     lines = tables.comparison_answer_table(path).split("\n")
     assert "seeds 0, 1, at 5x the main job's budget (400 stage-1 steps, 375 fine-tuning steps)" in lines[0]
     assert "Debian 150 queries / 600 documents, docstrings 100 / 500" in lines[0]
@@ -115,15 +121,7 @@ def test_comparison_answer_table_names_the_cpu_kind_best_variant_and_seeds_still
                "d": row(0.87, 0.03, [0, 1, 2]), "d-best": row(0.86, 0.02, [0, 1, 2])}
     primary = [{"x": "d-best", "y": "d", "mean_diff": -0.01, "p_value": 0.1, "p_holm": 0.4, "wins": 3, "losses": 7,
                 "seed_check": {"positive": 0, "seeds": 3}}]
-    report = {
-        "settings": {"seeds": [0, 1, 2], "budget_scale": 5.0, "pretrain_steps_run": 400, "finetune_steps_run": 375,
-                     "test_queries": 150, "test_corpus": 600, "pydocs_queries": 150, "pydocs_corpus": 600,
-                     "permutations": 1000},
-        "summary": {"debian": summary, "pydocs": summary},
-        "tests": {"debian": {"primary": primary}, "pydocs": {"primary": primary}},
-    }
-    path = tmp_path / "paper_comparison.json"
-    path.write_text(json.dumps(report))
+    path, _ = _write_answer_report(tmp_path, [0, 1, 2], summary, primary)
     timing = {"stage": "finetune", "cpu": "Some CPU", "bf16_cpu_flags": ["avx512_bf16"]}
     (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": timing}))
     lines = tables.comparison_answer_table(path).split("\n")
