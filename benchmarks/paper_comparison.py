@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                 by_key.update({v.key: v for v in variants})
                 trained = [v for v in variants if v.stage != "reference"]
 
-    report = summarize(args, variants, runs, reference_models, val_runs)
+    report = summarize(args, variants, runs, reference_models, val_runs, timings=timings)
     report["timings"] = timings
     report["pipeline_config"] = {s: asdict(c) for s, c in seed_cfgs.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -706,11 +706,15 @@ def write_validation(args, root: Path, shared) -> dict:
 
 
 # ---- reporting --------------------------------------------------------------------------------------
-def summarize(args, variants: list[Variant], runs: dict, reference_models: dict, val_runs: dict | None = None) -> dict:
+def summarize(args, variants: list[Variant], runs: dict, reference_models: dict, val_runs: dict | None = None,
+              timings: dict | None = None) -> dict:
+    """The report: per-variant scores, paired tests, the validation choices; with ``timings`` (``timings.json``),
+    the CPU kind of every seed's training runs, and the seeds at which a compared pair mixes kinds."""
     import numpy as np
 
     seeds = list(args.seeds)
     primary_pairs = PRIMARY + (SELECT_PRIMARY if getattr(args, "select", False) else ())
+    kinds_by_seed = cpu_kinds_by_seed(variants, seeds, timings or {})
 
     def results_of(domain: str, key: str) -> dict:
         """seed -> result; a reference (one deterministic run) stands for every seed."""
@@ -739,8 +743,11 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
         test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
         diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in over}
         by_seed = [[[r[s]["per_query"][q]["ndcg@10"] for q in queries] for s in over] for r in (rx, ry)]
+        kinds = {s: sorted(run_kinds(variants, x, s, timings or {}) | run_kinds(variants, y, s, timings or {}))
+                 for s in over}
         return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs),
-                "seed_level": seed_level_tests(*by_seed, boots=args.permutations)}
+                "seed_level": seed_level_tests(*by_seed, boots=args.permutations),
+                "cpu_kinds": {str(s): k for s, k in kinds.items() if k}}
 
     summary, tests, grids, md = {}, {}, {}, []
     titles = {v.key: v.title for v in variants}
@@ -826,6 +833,17 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
                    + ", ".join(f"{titles[k]} {v:.4f}" for k, v in g["lrs"].items())
                    + f"; best {titles[g['best']]} ({g['note']})"]
         md.append("")
+    if kinds_by_seed:
+        md += ["CPU kind of each seed's training runs (bf16 kernels round differently on each kind; a seed is one "
+               "unit of the seed-level tests, and a paired comparison at a seed should pair runs of one kind):", "",
+               "| seed | CPU kind | trained variants |", "|---|---|---|"]
+        for seed, by_kind in kinds_by_seed.items():
+            md += [f"| {seed} | {kind} | {', '.join(keys)} |" for kind, keys in by_kind.items()]
+        mixed = [f"{titles[t['x']]} vs {titles[t['y']]} ({DOMAIN_TITLES[d]}) at seed {s}"
+                 for d in DOMAINS if d in tests for t in tests[d]["primary"] + tests[d]["secondary"]
+                 for s, k in t["cpu_kinds"].items() if len(set(k) - {"unknown"}) > 1]
+        md += ["", ("Comparisons that pair runs of two CPU kinds at a seed: " + "; ".join(mixed)) if mixed
+               else "Every comparison pairs runs of one CPU kind at each seed.", ""]
     n_seeds = len(seeds)
     md += [f"p-value floors: queries (sign flips) 1/{args.permutations + 1}; seeds, bootstrap (seeds, then queries, "
            f"resampled) 2/{args.permutations + 1}; seeds, exact sign flip over {n_seeds} per-seed means "
@@ -838,7 +856,39 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
     markdown = "\n".join([header, ""] + md)
     settings = {k: v for k, v in vars(args).items()}
     return {"settings": settings, "summary": summary, "tests": tests, "paper_lr_grid": grids, "validation": validation,
-            "markdown": markdown}
+            "cpu_kinds_by_seed": kinds_by_seed, "markdown": markdown}
+
+
+def run_kinds(variants: list[Variant], key: str, seed: int, timings: dict) -> set[str]:
+    """CPU kinds (:func:`trainers.run_records.bf16_kind`) of the training runs behind ``key``'s model at ``seed``:
+    its own and its bases' (a fine-tuned model inherits its stage 1's rounding), as ``timings.json`` records them;
+    empty for a reference or a run with no timing entry."""
+    from trainers.run_records import bf16_kind
+
+    by_key = {v.key: v for v in variants}
+    found = set()
+    while key in by_key and by_key[key].stage != "reference":
+        entry = timings.get(f"{key}-s{seed}")
+        if isinstance(entry, dict):
+            found.add(bf16_kind(entry.get("bf16_cpu_flags")))
+        key = by_key[key].base
+    return found
+
+
+def cpu_kinds_by_seed(variants: list[Variant], seeds: list[int], timings: dict) -> dict[str, dict[str, list[str]]]:
+    """seed -> CPU kind -> the variants trained at that seed on that kind (their own run, from ``timings.json``)."""
+    from trainers.run_records import bf16_kind
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for seed in seeds:
+        by_kind: dict[str, list[str]] = {}
+        for v in variants:
+            entry = timings.get(f"{v.key}-s{seed}")
+            if v.stage != "reference" and isinstance(entry, dict):
+                by_kind.setdefault(bf16_kind(entry.get("bf16_cpu_flags")), []).append(v.key)
+        if by_kind:
+            out[str(seed)] = by_kind
+    return out
 
 
 def validation_summary(args, variants: list[Variant], val_runs: dict, reference_models: dict) -> dict:

@@ -152,16 +152,28 @@ def comparison_answer_table(path: Path) -> str:
 
 def _trained_on(timings_path: Path) -> str:
     """Where a comparison's models were trained, for its caption: ``, trained on <cpu> (<bf16 flags>)`` when every
-    timed run names the same CPU kind; empty when they differ or are not named (timings written before runs
-    recorded their CPU)."""
+    timed run names the same CPU kind, ``, trained on <cpu> (<flags>) for seeds 0, 1, 2 and <cpu> (<flags>) for
+    seed 3`` when each seed's runs share one kind; empty when one seed's runs differ or a run names none (timings
+    written before runs recorded their CPU)."""
     if not timings_path.is_file():
         return ""
-    kinds = {(run.get("cpu"), tuple(run.get("bf16_cpu_flags") or ()))
-             for run in json.loads(timings_path.read_text(encoding="utf-8")).values() if isinstance(run, dict)}
-    if len(kinds) != 1 or None in next(iter(kinds)):
+    by_seed: dict[int, set] = {}
+    for label, run in json.loads(timings_path.read_text(encoding="utf-8")).items():
+        if isinstance(run, dict):
+            seed = re.search(r"-s(\d+)$", label)
+            kind = (run.get("cpu"), tuple(run.get("bf16_cpu_flags") or ()) if "bf16_cpu_flags" in run else None)
+            by_seed.setdefault(int(seed.group(1)) if seed else -1, set()).add(kind)
+    if not by_seed or any(len(kinds) != 1 or None in next(iter(kinds)) for kinds in by_seed.values()):
         return ""
-    ((cpu, flags),) = kinds
-    return f", trained on {cpu} ({_bf16_flags(flags)})"
+    groups: dict[tuple, list[int]] = {}
+    for seed in sorted(by_seed):
+        groups.setdefault(next(iter(by_seed[seed])), []).append(seed)
+    if len(groups) == 1:
+        ((cpu, flags),) = groups
+        return f", trained on {cpu} ({_bf16_flags(flags)})"
+    parts = [f"{cpu} ({_bf16_flags(flags)}) for seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+             for (cpu, flags), seeds in groups.items()]
+    return ", trained on " + ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _bf16_flags(flags) -> str:
@@ -219,9 +231,9 @@ def _comparison_block(folder: str) -> tuple[Path, str, Callable[[], str]]:
 TARGETS: tuple[tuple[Path, str, Callable[[], str]], ...] = (
     (README, "main-job", main_job_table),
     (README, "comparison-answer",
-     partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x-avx512bf16" / "paper_comparison.json")),
+     partial(comparison_answer_table, RESULTS / "paper_comparison_budget5x-validation" / "paper_comparison.json")),
     (README, "backbones", partial(backbone_table, RESULTS / "backbones.json")),
-    _comparison_block("paper_comparison_budget5x-avx512bf16"),
+    _comparison_block("paper_comparison_budget5x-validation"),
     _comparison_block("paper_comparison_budget5x"),
     _comparison_block("paper_comparison_budget1x-rerun"),
     _comparison_block("paper_comparison_budget1x"),

@@ -266,6 +266,44 @@ def test_a_cut_run_compares_each_pair_over_the_seeds_both_ran():
     assert "Compared over the seeds" not in report0["markdown"]
 
 
+def test_report_names_the_cpu_kind_of_each_seed_and_flags_pairs_that_mix_kinds():
+    # seeds 0-1 ran on one kind; at seed 2 (b) ran on AMX, everything else on AVX512-BF16: (d), fine-tuned from
+    # that (b), carries both kinds, so every comparison with (d) or (b) at seed 2 mixes them
+    args = pc.resolve(pc.make_parser().parse_args(["--no-ablations", "--seeds", "0", "1", "2", "--permutations", "200"]))
+    variants = pc.build_variants(args)
+    reference_models = {"bm25": "bm25", "minilm": "m", "a": "init"}
+    runs = _fake_runs(args, variants, reference_models)
+    avx, amx = ["avx512_bf16"], ["amx_bf16", "avx512_bf16"]
+    trained = ("b", "b-lm", "c", "d", "d-lm")
+    timings = {f"{k}-s{s}": {"train_s": 1.0, "bf16_cpu_flags": avx} for k in trained for s in (0, 1, 2)}
+    timings["b-s2"]["bf16_cpu_flags"] = amx
+    del timings["c-s1"]["bf16_cpu_flags"]  # recorded before runs named their flags
+    report = pc.summarize(args, variants, runs, reference_models, timings=timings)
+    assert report["cpu_kinds_by_seed"] == {
+        "0": {"AVX512-BF16": list(trained)},
+        "1": {"AVX512-BF16": ["b", "b-lm", "d", "d-lm"], "unknown": ["c"]},
+        "2": {"AMX-BF16": ["b"], "AVX512-BF16": ["b-lm", "c", "d", "d-lm"]},
+    }
+    for domain in pc.DOMAINS:
+        tests = {(t["x"], t["y"]): t for t in report["tests"][domain]["primary"]}
+        assert tests[("d", "c")]["cpu_kinds"] == {"0": ["AVX512-BF16"], "1": ["AVX512-BF16", "unknown"],
+                                                  "2": ["AMX-BF16", "AVX512-BF16"]}
+        assert tests[("b", "a")]["cpu_kinds"]["2"] == ["AMX-BF16"]  # (a) is untrained: no kind of its own
+        assert tests[("d", "d-lm")]["cpu_kinds"]["0"] == ["AVX512-BF16"]
+    md = report["markdown"]
+    assert "| 2 | AMX-BF16 | b |" in md and "| 2 | AVX512-BF16 | b-lm, c, d, d-lm |" in md
+    assert "(d) ft from (b) vs (c) ft from (a) (held-out Debian descriptions) at seed 2" in md
+    assert "(b) EBAE+EBAR (reference) vs (b-lm) LM term only (held-out Debian descriptions) at seed 2" in md
+    assert "vs (a) init (held-out Debian descriptions) at seed 2" not in md
+    assert "at seed 1" not in md  # an unknown kind is not counted as a second kind
+    # one kind everywhere: no mixed pair; no timings: no CPU section at all
+    same = {k: {**v, "bf16_cpu_flags": avx} for k, v in timings.items()}
+    assert "Every comparison pairs runs of one CPU kind at each seed." in pc.summarize(
+        args, variants, runs, reference_models, timings=same)["markdown"]
+    plain = pc.summarize(args, variants, runs, reference_models)
+    assert plain["cpu_kinds_by_seed"] == {} and "CPU kind of each seed" not in plain["markdown"]
+
+
 def test_paper_finetune_variant_reuses_the_grid_model_or_trains_its_own():
     with_grid = pc.build_variants(pc.resolve(pc.make_parser().parse_args(["--paper-finetune"])))
     by_key = {v.key: v for v in with_grid}
@@ -325,7 +363,7 @@ def _fake_pipeline_run(tmp_path, monkeypatch, have_results: dict[str, bool], arg
     monkeypatch.setattr(p, "evaluate", lambda cfg, model, beir_dir, label, dataset_name="":
                         {"metrics": {"ndcg@10": score(label) if score else 0.0, "mrr@10": 0.0, "recall@100": 0.0}})
     monkeypatch.setattr(pc, "write_validation", lambda args, root, shared: {d: (tmp_path, d) for d in pc.DOMAINS})
-    def summarize(args, variants, runs, reference_models, val_runs=None):
+    def summarize(args, variants, runs, reference_models, val_runs=None, timings=None):
         if reported is not None:
             reported.extend(runs["debian"])
         return {"markdown": ""}

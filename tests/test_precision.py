@@ -47,15 +47,18 @@ def test_cpu_bf16_detection_without_cpuinfo_says_no(tmp_path):
     assert cpu_supports_fast_bf16(str(tmp_path / "noflags")) is False
 
 
-@pytest.mark.parametrize(("flags", "named"), [(AMX_FLAGS + " avx512_bf16", ["amx_bf16", "avx512_bf16"]),
-                                              (AVX512_BF16_FLAGS, ["avx512_bf16"]), (PLAIN_FLAGS, [])])
-def test_run_records_name_the_cpu_and_its_bf16_flags(tmp_path, flags, named):
-    from trainers.run_records import cpu_bf16_flags, cpu_model
+@pytest.mark.parametrize(("flags", "named", "kind"),
+                         [(AMX_FLAGS + " avx512_bf16", ["amx_bf16", "avx512_bf16"], "AMX-BF16"),
+                          (AVX512_BF16_FLAGS, ["avx512_bf16"], "AVX512-BF16"), (PLAIN_FLAGS, [], "no native bf16")])
+def test_run_records_name_the_cpu_and_its_bf16_flags(tmp_path, flags, named, kind):
+    from trainers.run_records import bf16_kind, cpu_bf16_flags, cpu_model
 
     # bf16 kernels (and so bf16 results) differ between CPUs with and without AMX: results say which ran them
     path = _cpuinfo(tmp_path, flags)
     assert cpu_model(path) == "test cpu"
     assert cpu_bf16_flags(path) == named
+    assert bf16_kind(cpu_bf16_flags(path)) == kind
+    assert bf16_kind(None) == "unknown"  # a run recorded before runs named their flags
 
 
 @pytest.fixture

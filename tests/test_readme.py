@@ -131,8 +131,16 @@ def test_comparison_answer_table_names_the_cpu_kind_best_variant_and_seeds_still
     assert any(line.startswith("| (d-best) minus (d) | -0.0100; queries p 0.1000, Holm 0.4000") for line in lines)
     # a report without (d-lm) has neither its row nor its test; (d) minus (c) has no test here either
     assert not any(line.startswith(("| (d-lm)", "| (d) minus")) for line in lines)
-    # runs on two CPU kinds: the caption names none
+    # seeds on two CPU kinds, each seed's runs on one: the caption says which seeds ran where
+    amx = {**timing, "cpu": "Other CPU", "bf16_cpu_flags": ["amx_bf16", "avx512_bf16"]}
+    (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": timing, "d-s1": timing,
+                                                       "c-s2": amx, "d-s2": amx}))
+    assert ("over seeds 0, 1, 2, trained on Some CPU (AVX512-BF16) for seeds 0, 1 and Other CPU "
+            "(AMX-BF16/AVX512-BF16) for seed 2, at 5x") in tables.comparison_answer_table(path).split("\n")[0]
+    # runs of one seed on two CPU kinds, or a run that names no flags: the caption names none
     (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": {**timing, "bf16_cpu_flags": []}}))
+    assert "trained on" not in tables.comparison_answer_table(path).split("\n")[0]
+    (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": {"stage": "finetune", "cpu": "X"}}))
     assert "trained on" not in tables.comparison_answer_table(path).split("\n")[0]
 
 

@@ -34,6 +34,19 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]
 
 
+def bf16_kind(flags) -> str:
+    """The kind of CPU that decides which bf16 kernels run, from a run's recorded ``bf16_cpu_flags``: ``AMX-BF16``
+    when the CPU has AMX (its kernels are used even where AVX512-BF16 is present too), else ``AVX512-BF16``, else
+    ``no native bf16``; ``unknown`` when the run recorded no flags (``None``). Runs of two kinds round bf16 results
+    differently, so a comparison names the kind of each run."""
+    if flags is None:
+        return "unknown"
+    from modeling_llara.modeling_llara import FAST_BF16_CPU_FLAGS
+
+    present = [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]  # ordered: AMX first
+    return present[0].upper().replace("_", "-") if present else "no native bf16"
+
+
 def environment() -> dict:
     """Where a result was measured: CPU model and bf16 flags, threads, CUDA device, torch version (bf16 kernels,
     and so bf16 results, differ between CPUs with and without AMX)."""
