@@ -847,7 +847,10 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
     n_seeds = len(seeds)
     md += [f"p-value floors: queries (sign flips) 1/{args.permutations + 1}; seeds, bootstrap (seeds, then queries, "
            f"resampled) 2/{args.permutations + 1}; seeds, exact sign flip over {n_seeds} per-seed means "
-           f"2/2^{n_seeds} = {2 / 2 ** n_seeds:.4f}.", ""]
+           f"2/2^{n_seeds} = {2 / 2 ** n_seeds:.4f}"
+           + (" (2/2^k for a comparison over the k seeds both variants ran)." if any(
+               len(t["seeds_compared"]) < n_seeds for d in tests for t in tests[d]["primary"] + tests[d]["secondary"])
+              else "."), ""]
     validation = validation_summary(args, variants, val_runs or {}, reference_models) if getattr(args, "select", False) else None
     if validation:
         md += validation.pop("markdown")

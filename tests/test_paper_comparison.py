@@ -264,6 +264,9 @@ def test_a_cut_run_compares_each_pair_over_the_seeds_both_ran():
     assert ("Compared over the seeds both variants ran (the run is not complete): (b) EBAE+EBAR (reference) vs "
             "(b-lm) LM term only: seed 0; (d) ft from (b) vs (d-lm) ft from (b-lm): seed 0") in report["markdown"]
     assert "Compared over the seeds" not in report0["markdown"]
+    # the seed-level sign flip's floor depends on how many seeds a comparison shares
+    assert "2/2^2 = 0.5000 (2/2^k for a comparison over the k seeds both variants ran)." in report["markdown"]
+    assert "2/2^1 = 1.0000." in report0["markdown"]
 
 
 def test_report_names_the_cpu_kind_of_each_seed_and_flags_pairs_that_mix_kinds():
