@@ -714,7 +714,9 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
 
     seeds = list(args.seeds)
     primary_pairs = PRIMARY + (SELECT_PRIMARY if getattr(args, "select", False) else ())
-    kinds_by_seed = cpu_kinds_by_seed(variants, seeds, timings or {})
+    timings = timings or {}
+    by_key = {v.key: v for v in variants}
+    kinds_by_seed = cpu_kinds_by_seed(variants, seeds, timings)
 
     def results_of(domain: str, key: str) -> dict:
         """seed -> result; a reference (one deterministic run) stands for every seed."""
@@ -743,8 +745,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
         test = paired_permutation_test([px[q] for q in queries], [py[q] for q in queries], args.permutations)
         diffs = {s: rx[s]["metrics"]["ndcg@10"] - ry[s]["metrics"]["ndcg@10"] for s in over}
         by_seed = [[[r[s]["per_query"][q]["ndcg@10"] for q in queries] for s in over] for r in (rx, ry)]
-        kinds = {s: sorted(run_kinds(variants, x, s, timings or {}) | run_kinds(variants, y, s, timings or {}))
-                 for s in over}
+        kinds = {s: sorted(run_kinds(by_key, x, s, timings) | run_kinds(by_key, y, s, timings)) for s in over}
         return {"x": x, "y": y, **test, "seeds_compared": over, "seed_check": seed_sign_check(diffs),
                 "seed_level": seed_level_tests(*by_seed, boots=args.permutations),
                 "cpu_kinds": {str(s): k for s, k in kinds.items() if k}}
@@ -862,33 +863,34 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
             "cpu_kinds_by_seed": kinds_by_seed, "markdown": markdown}
 
 
-def run_kinds(variants: list[Variant], key: str, seed: int, timings: dict) -> set[str]:
-    """CPU kinds (:func:`trainers.run_records.bf16_kind`) of the training runs behind ``key``'s model at ``seed``:
-    its own and its bases' (a fine-tuned model inherits its stage 1's rounding), as ``timings.json`` records them;
-    empty for a reference or a run with no timing entry."""
+def own_kind(v: Variant, seed: int, timings: dict) -> str | None:
+    """CPU kind (:func:`trainers.run_records.bf16_kind`) of ``v``'s own training run at ``seed`` as ``timings.json``
+    records it; None for a reference or a run with no timing entry."""
     from trainers.run_records import bf16_kind
 
-    by_key = {v.key: v for v in variants}
+    entry = timings.get(f"{v.key}-s{seed}")
+    return bf16_kind(entry.get("bf16_cpu_flags")) if v.stage != "reference" and isinstance(entry, dict) else None
+
+
+def run_kinds(by_key: dict[str, Variant], key: str, seed: int, timings: dict) -> set[str]:
+    """CPU kinds of the training runs behind ``key``'s model at ``seed``: its own and its bases' (a fine-tuned
+    model inherits its stage 1's rounding); empty for a reference."""
     found = set()
-    while key in by_key and by_key[key].stage != "reference":
-        entry = timings.get(f"{key}-s{seed}")
-        if isinstance(entry, dict):
-            found.add(bf16_kind(entry.get("bf16_cpu_flags")))
+    while key in by_key:
+        found.add(own_kind(by_key[key], seed, timings))
         key = by_key[key].base
-    return found
+    return found - {None}
 
 
 def cpu_kinds_by_seed(variants: list[Variant], seeds: list[int], timings: dict) -> dict[str, dict[str, list[str]]]:
     """seed -> CPU kind -> the variants trained at that seed on that kind (their own run, from ``timings.json``)."""
-    from trainers.run_records import bf16_kind
-
     out: dict[str, dict[str, list[str]]] = {}
     for seed in seeds:
         by_kind: dict[str, list[str]] = {}
         for v in variants:
-            entry = timings.get(f"{v.key}-s{seed}")
-            if v.stage != "reference" and isinstance(entry, dict):
-                by_kind.setdefault(bf16_kind(entry.get("bf16_cpu_flags")), []).append(v.key)
+            kind = own_kind(v, seed, timings)
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(v.key)
         if by_kind:
             out[str(seed)] = by_kind
     return out
