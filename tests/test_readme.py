@@ -137,6 +137,11 @@ def test_comparison_answer_table_names_the_cpu_kind_best_variant_and_seeds_still
                                                        "c-s2": amx, "d-s2": amx}))
     assert ("over seeds 0, 1, 2, trained on Some CPU (AVX512-BF16) for seeds 0, 1 and Other CPU "
             "(AMX-BF16/AVX512-BF16) for seed 2, at 5x") in tables.comparison_answer_table(path).split("\n")[0]
+    # runs of a seed the report does not cover (seed 3 still running) are not named in the caption
+    (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": timing, "d-s1": timing,
+                                                       "c-s2": timing, "c-s3": amx}))
+    caption = tables.comparison_answer_table(path).split("\n")[0]
+    assert "over seeds 0, 1, 2, trained on Some CPU (AVX512-BF16), at 5x" in caption
     # runs of one seed on two CPU kinds, or a run that names no flags: the caption names none
     (tmp_path / "timings.json").write_text(json.dumps({"c-s0": timing, "d-s0": {**timing, "bf16_cpu_flags": []}}))
     assert "trained on" not in tables.comparison_answer_table(path).split("\n")[0]
