@@ -790,6 +790,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
         tested = [t for t in family if p_of(t) is not None]  # a one-seed bootstrap has no p-value
         for t, adj in zip(tested, holm([p_of(t) for t in tested])):
             t[key] = adj
+    any_partial = False  # a comparison over fewer seeds than the report's: its seed sign flip has a higher floor
     for domain in DOMAINS:
         if domain not in tests:
             continue
@@ -821,6 +822,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
                       f"| {with_holm(sl['sign_flip_seeds']['p_value'], t, 'p_holm_seeds')} "
                       f"| {t['wins']} / {t['losses']} | {per_seed} | {sc['verdict']} |")
         partial = [t for t in primary + secondary if len(t["seeds_compared"]) < len(seeds)]
+        any_partial = any_partial or bool(partial)
         if partial:
             md += ["", "Compared over the seeds both variants ran (the run is not complete): " + "; ".join(
                 f"{titles[t['x']]} vs {titles[t['y']]}: seed{'s' if len(t['seeds_compared']) > 1 else ''} "
@@ -849,9 +851,7 @@ def summarize(args, variants: list[Variant], runs: dict, reference_models: dict,
     md += [f"p-value floors: queries (sign flips) 1/{args.permutations + 1}; seeds, bootstrap (seeds, then queries, "
            f"resampled) 2/{args.permutations + 1}; seeds, exact sign flip over {n_seeds} per-seed means "
            f"2/2^{n_seeds} = {2 / 2 ** n_seeds:.4f}"
-           + (" (2/2^k for a comparison over the k seeds both variants ran)." if any(
-               len(t["seeds_compared"]) < n_seeds for d in tests for t in tests[d]["primary"] + tests[d]["secondary"])
-              else "."), ""]
+           + (" (2/2^k for a comparison over the k seeds both variants ran)." if any_partial else "."), ""]
     validation = validation_summary(args, variants, val_runs or {}, reference_models) if getattr(args, "select", False) else None
     if validation:
         md += validation.pop("markdown")

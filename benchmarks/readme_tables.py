@@ -150,22 +150,23 @@ def comparison_answer_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _trained_on(timings_path: Path, seeds=None) -> str:
+def _trained_on(timings_path: Path, seeds: list[int]) -> str:
     """Where a comparison's models were trained, for its caption: ``, trained on <cpu> (<bf16 flags>)`` when every
     timed run names the same CPU kind, ``, trained on <cpu> (<flags>) for seeds 0, 1, 2 and <cpu> (<flags>) for
     seed 3`` when each seed's runs share one kind; empty when one seed's runs differ or a run names none (timings
-    written before runs recorded their CPU). With ``seeds``, runs of other seeds (a seed still running, outside the
+    written before runs recorded their CPU). Runs of seeds outside ``seeds`` (a seed still running, not in the
     report) are left out."""
     if not timings_path.is_file():
         return ""
     by_seed: dict[int, set] = {}
     for label, run in json.loads(timings_path.read_text(encoding="utf-8")).items():
         if isinstance(run, dict):
-            seed = re.search(r"-s(\d+)$", label)
-            if seed and seeds is not None and int(seed.group(1)) not in seeds:
+            match = re.search(r"-s(\d+)$", label)
+            seed = int(match.group(1)) if match else -1
+            if match and seed not in seeds:
                 continue
             kind = (run.get("cpu"), tuple(run.get("bf16_cpu_flags") or ()) if "bf16_cpu_flags" in run else None)
-            by_seed.setdefault(int(seed.group(1)) if seed else -1, set()).add(kind)
+            by_seed.setdefault(seed, set()).add(kind)
     if not by_seed or any(len(kinds) != 1 or None in next(iter(kinds)) for kinds in by_seed.values()):
         return ""
     groups: dict[tuple, list[int]] = {}
